@@ -1,0 +1,87 @@
+"""Small ASGI helpers: read a bounded request body, send whole responses."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from .errors import ProxyError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+class ClientDisconnected(Exception):
+    """The caller went away; there is nobody left to answer."""
+
+
+def route_path(scope: Scope) -> str:
+    """The path below ``root_path``, so a mounted app matches its own routes."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    if path[len(root_path)] == "/":
+        return path[len(root_path) :]
+    return path
+
+
+def body_too_large(limit: int) -> ProxyError:
+    return ProxyError(
+        413,
+        f"Request body is larger than the proxy's limit of {limit} bytes.",
+        code="request_too_large",
+    )
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """Read the whole body, refusing (413) as soon as it passes ``limit`` bytes."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise ProxyError(400, "Invalid Content-Length header.") from None
+            if declared > limit:
+                raise body_too_large(limit)
+            break
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise body_too_large(limit)
+                parts.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":
+            raise ClientDisconnected
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def encode_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+async def send_response(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Send a whole response. ``headers`` must not hold content-length; it is added here."""
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,81 @@
+"""Where a request goes: which endpoint (chat or completion) and which providers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .catalog import ModelCatalog
+from .errors import bad_request
+from .providers.base import Endpoint, Provider
+
+
+def unsupported_model(model: str) -> Exception:
+    return bad_request(
+        f"Unsupported model {model} (must be chat or completion for /auto endpoint)",
+        param="model",
+        code="model_not_supported",
+    )
+
+
+class ModelRouter:
+    def __init__(
+        self, providers: Sequence[Provider], catalog: Mapping[str, str] | None = None
+    ) -> None:
+        if isinstance(providers, (str, bytes)) or not providers:
+            raise ValueError("providers must be a non-empty list, e.g. [OpenAIProvider(...)]")
+        for provider in providers:
+            if not isinstance(provider, Provider):
+                raise TypeError(f"{provider!r} does not implement the Provider protocol")
+        names = [p.name for p in providers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"provider names must be unique; pass name=... to tell {duplicates} apart"
+            )
+        self.providers: tuple[Provider, ...] = tuple(providers)
+        self.catalog = ModelCatalog(catalog)
+
+    def auto_endpoint(self, model: str, payload: Mapping[str, Any]) -> Endpoint:
+        """The catalog decides; for unknown models the payload's shape does."""
+        flavor = self.catalog.flavor(model)
+        if flavor == "embedding":
+            raise unsupported_model(model)
+        if flavor is None:
+            if "messages" in payload:
+                return "chat"
+            if "prompt" in payload:
+                return "completion"
+            raise unsupported_model(model)
+        field = "messages" if flavor == "chat" else "prompt"
+        if field not in payload:
+            raise bad_request(
+                f"{model} is a {flavor} model: send `{field}` in the request body.", param=field
+            )
+        return flavor
+
+    def candidates(self, model: str, endpoint: Endpoint) -> list[Provider]:
+        """Providers that serve ``model`` on ``endpoint``, in configured order."""
+        found = [p for p in self.providers if endpoint in p.endpoints and p.serves(model)]
+        if not found:
+            raise bad_request(
+                f"No provider is configured for model {model!r} on the {endpoint} endpoint.",
+                param="model",
+                code="model_not_found",
+            )
+        return found
+
+    def listed_models(self) -> dict[str, str]:
+        """Models to show on ``GET /models`` (name to provider): literal patterns, then
+        catalog names that some provider serves."""
+        names: dict[str, str] = {}
+        for provider in self.providers:
+            for pattern in provider.models:
+                if not any(ch in pattern for ch in "*?["):
+                    names.setdefault(pattern, provider.name)
+        for model in self.catalog.known_models():
+            for provider in self.providers:
+                if provider.serves(model):
+                    names.setdefault(model, provider.name)
+                    break
+        return names

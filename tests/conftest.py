@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from tests.fake_upstream import FakeUpstream
+from tests.servers import ServerThread
+
+SERVER_KEY = "sk-server-secret-0123456789"
+CALLER_KEY = "sk-caller-secret-abcdef"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def _upstream_server() -> Iterator[tuple[FakeUpstream, ServerThread]]:
+    fake = FakeUpstream()
+    server = ServerThread(fake)
+    server.start()
+    yield fake, server
+    server.stop()
+
+
+@pytest.fixture
+def upstream(_upstream_server: tuple[FakeUpstream, ServerThread]) -> FakeUpstream:
+    fake, _ = _upstream_server
+    fake.reset()
+    return fake
+
+
+@pytest.fixture
+def upstream_url(_upstream_server: tuple[FakeUpstream, ServerThread]) -> str:
+    return _upstream_server[1].url + "/v1"
+
+
+def inner_app() -> Starlette:
+    async def home(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("inner app")
+
+    return Starlette(routes=[Route("/", home)])
+
+
+MakeProxy = Callable[..., AutoProxyMiddleware]
+
+
+@pytest.fixture
+def make_proxy(upstream_url: str) -> MakeProxy:
+    """Build the middleware around a small app; keywords override the defaults."""
+
+    def make(**kwargs: Any) -> AutoProxyMiddleware:
+        provider_kwargs = kwargs.pop("provider", {})
+        providers = kwargs.pop(
+            "providers",
+            [OpenAIProvider(base_url=upstream_url, name="fake", **provider_kwargs)],
+        )
+        app = kwargs.pop("app", None) or inner_app()
+        return AutoProxyMiddleware(app, providers=providers, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+async def client(make_proxy: MakeProxy) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on the middleware (pass-through keys), with lifespan running."""
+    app = make_proxy()
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://testserver",
+            headers={"authorization": f"Bearer {CALLER_KEY}"},
+        ) as http:
+            yield http
+
+
+def chat_body(content: str = "hello", **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}

@@ -1,0 +1,279 @@
+"""A fake OpenAI-compatible upstream: a raw ASGI app, served for real on 127.0.0.1.
+
+It records every request (path, headers, body) and answers in OpenAI's shapes. A
+test steers it through a ``fake`` object in the JSON body, which the proxy forwards
+unchanged like any provider-specific field:
+
+    {"fake": {"chunks": 5, "delay": 0.01, "status": 500, "gate": true, "no_done": true,
+              "error_event_after": 2, "body": "raw text", "headers": {"x": "y"},
+              "sleep": 1.0}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    header_list: list[tuple[str, str]]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeUpstream:
+    requests: list[RecordedRequest] = field(default_factory=list)
+    disconnects: int = 0
+    completed_streams: int = 0
+    chunks_sent: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _gate: asyncio.Event | None = None
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.disconnects = 0
+            self.completed_streams = 0
+            self.chunks_sent = 0
+
+    @property
+    def calls(self) -> int:
+        return len(self.requests)
+
+    def open_gate(self) -> None:
+        """Let a ``gate`` stream send the rest of its chunks."""
+        loop, gate = self._loop, self._gate
+        assert loop is not None and gate is not None, "no gated stream has started"
+        loop.call_soon_threadsafe(gate.set)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        header_list = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        recorded = RecordedRequest(
+            method=scope["method"],
+            path=scope["path"],
+            query=scope["query_string"].decode(),
+            headers=dict(header_list),
+            header_list=header_list,
+            body=body,
+        )
+        with self._lock:
+            self.requests.append(recorded)
+            number = len(self.requests)
+        path = scope["path"]
+        if path.endswith("/models"):
+            await _send_json(send, 200, {"object": "list", "data": []})
+            return
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            await _send_json(send, 400, {"error": {"message": "bad json", "type": "x"}})
+            return
+        fake = payload.get("fake") or {}
+        if fake.get("sleep"):
+            await asyncio.sleep(fake["sleep"])
+        headers = [
+            ("x-request-id", f"req_{number}"),
+            ("openai-processing-ms", "7"),
+            ("x-ratelimit-remaining-requests", "99"),
+            ("openai-organization", "org-secret-name"),
+            ("set-cookie", "upstream=1"),
+            ("server", "fake-upstream"),
+            *fake.get("headers", {}).items(),
+        ]
+        status = fake.get("status", 200)
+        if "body" in fake:
+            await _send_raw(send, status, fake["body"].encode(), "text/plain", headers)
+            return
+        if status != 200:
+            error = {"error": {"message": f"upstream says {status}", "type": "fake", "code": None}}
+            await _send_json(send, status, error, headers)
+            return
+        chat = path.endswith("/chat/completions")
+        if payload.get("stream"):
+            await self._stream(payload, fake, chat, number, headers, receive, send)
+            return
+        await _send_json(send, 200, _completion(payload, chat, number), headers)
+
+    async def _stream(
+        self,
+        payload: dict[str, Any],
+        fake: dict[str, Any],
+        chat: bool,
+        number: int,
+        headers: list[tuple[str, str]],
+        receive: Any,
+        send: Any,
+    ) -> None:
+        chunks = int(fake.get("chunks", 3))
+        delay = float(fake.get("delay", 0))
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    disconnected.set()
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        if fake.get("gate"):
+            self._loop = asyncio.get_running_loop()
+            self._gate = asyncio.Event()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": _encode([("content-type", "text/event-stream"), *headers]),
+            }
+        )
+        try:
+            for index in range(chunks):
+                if index == fake.get("error_event_after"):
+                    error = {"error": {"message": "overloaded mid-stream", "type": "server_error"}}
+                    await _send_event(send, error)
+                    break
+                chunk = _chunk(payload, chat, number, index, chunks)
+                await _send_event(send, chunk)
+                with self._lock:
+                    self.chunks_sent += 1
+                if index == 0 and self._gate is not None and fake.get("gate"):
+                    await asyncio.wait_for(self._gate.wait(), timeout=10)
+                if delay:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(disconnected.wait(), timeout=delay)
+                if disconnected.is_set():
+                    raise ConnectionError
+            else:
+                if not fake.get("no_done"):
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": b"data: [DONE]\n\n",
+                            "more_body": True,
+                        }
+                    )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            with self._lock:
+                self.completed_streams += 1
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            # Give the watcher a moment to see a disconnect that raced the last send.
+            try:
+                await asyncio.wait_for(asyncio.shield(watcher), timeout=0.2)
+            except asyncio.TimeoutError:
+                watcher.cancel()
+            if disconnected.is_set():
+                with self._lock:
+                    self.disconnects += 1
+
+
+def _completion(payload: dict[str, Any], chat: bool, number: int) -> dict[str, Any]:
+    model = payload.get("model")
+    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    if chat:
+        last = (payload.get("messages") or [{}])[-1].get("content", "")
+        return {
+            "id": f"chatcmpl-{number}",
+            "object": "chat.completion",
+            "created": 1700000000 + number,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": f"echo #{number}: {last}"},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage,
+        }
+    return {
+        "id": f"cmpl-{number}",
+        "object": "text_completion",
+        "created": 1700000000 + number,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "text": f"echo #{number}: {payload.get('prompt')}",
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": usage,
+    }
+
+
+def _chunk(
+    payload: dict[str, Any], chat: bool, number: int, index: int, total: int
+) -> dict[str, Any]:
+    last = index == total - 1
+    base = {
+        "id": f"chatcmpl-{number}" if chat else f"cmpl-{number}",
+        "created": 1700000000,
+        "model": payload.get("model"),
+    }
+    if chat:
+        delta: dict[str, Any] = {"content": f"tok{index} "}
+        if index == 0:
+            delta["role"] = "assistant"
+        choice = {
+            "index": 0,
+            "delta": delta,
+            "finish_reason": "stop" if last else None,
+            "logprobs": None,
+        }
+        return {**base, "object": "chat.completion.chunk", "choices": [choice]}
+    choice = {
+        "index": 0,
+        "text": f"tok{index} ",
+        "finish_reason": "stop" if last else None,
+        "logprobs": None,
+    }
+    return {**base, "object": "text_completion", "choices": [choice]}
+
+
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), str(v).encode()) for k, v in headers]
+
+
+async def _send_event(send: Any, data: dict[str, Any]) -> None:
+    body = b"data: " + json.dumps(data).encode() + b"\n\n"
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def _send_json(
+    send: Any, status: int, data: Any, headers: list[tuple[str, str]] = ()
+) -> None:  # type: ignore[assignment]
+    await _send_raw(send, status, json.dumps(data).encode(), "application/json", list(headers))
+
+
+async def _send_raw(
+    send: Any, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]]
+) -> None:
+    all_headers = [("content-type", content_type), ("content-length", str(len(body))), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": _encode(all_headers)})
+    await send({"type": "http.response.body", "body": body})
