@@ -33,6 +33,7 @@ from .asgi import (
     send_response,
 )
 from .clients import DEFAULT_TIMEOUT, SharedClients, default_client_factory
+from .dispatch import Dispatcher
 from .errors import (
     ProxyError,
     bad_request,
@@ -111,6 +112,7 @@ class AutoProxyMiddleware:
             client_timeout = timeout
         else:
             client_timeout = httpx.Timeout(timeout)
+        self._dispatcher = Dispatcher()
         self._clients = SharedClients(
             client=http_client, factory=default_client_factory(client_timeout)
         )
@@ -162,12 +164,12 @@ class AutoProxyMiddleware:
             endpoint: Endpoint = (
                 self.router.auto_endpoint(model, payload) if route == "auto" else route
             )
-            provider = self.router.candidates(model, endpoint)[0]
+            candidates = self.router.candidates(model, endpoint)
             credential = caller_credential(scope["headers"])
-            if provider.needs_caller_credential and credential is None:
+            if credential is None and any(p.needs_caller_credential for p in candidates):
                 raise unauthorized(
                     "Missing API key: send 'Authorization: Bearer <key>'; "
-                    f"provider {provider.name!r} forwards the caller's key."
+                    f"provider {candidates[0].name!r} forwards the caller's key."
                 )
             request = UpstreamRequest(
                 endpoint=endpoint,
@@ -178,7 +180,7 @@ class AutoProxyMiddleware:
                 credential=credential,
                 request_id=call.request_id,
             )
-            await self._proxy(call, provider, request, receive, send)
+            await self._proxy(call, candidates, request, receive, send)
         except ClientDisconnected:
             return
         except ProxyError as error:
@@ -190,7 +192,7 @@ class AutoProxyMiddleware:
     async def _proxy(
         self,
         call: _Call,
-        provider: Provider,
+        candidates: Sequence[Provider],
         request: UpstreamRequest,
         receive: Receive,
         send: Send,
@@ -211,7 +213,7 @@ class AutoProxyMiddleware:
 
             group.start_soon(watch_disconnect)
             try:
-                await self._exchange(call, provider, request, send)
+                await self._exchange(call, candidates, request, send)
             except Exception as exc:
                 # Raised outside the group so callers see it bare, not in an ExceptionGroup.
                 failure = exc
@@ -224,15 +226,9 @@ class AutoProxyMiddleware:
             raise failure
 
     async def _exchange(
-        self, call: _Call, provider: Provider, request: UpstreamRequest, send: Send
+        self, call: _Call, candidates: Sequence[Provider], request: UpstreamRequest, send: Send
     ) -> None:
-        client = self._clients.get()
-        try:
-            response = await provider.send(request, client)
-        except httpx.TimeoutException:
-            raise upstream_timeout(provider.name) from None
-        except httpx.TransportError:
-            raise upstream_unreachable(provider.name) from None
+        provider, response = await self._dispatcher.send(candidates, request, self._clients.get())
         try:
             if request.stream and response.status == 200 and response.is_event_stream:
                 await self._relay_stream(call, provider, response, send)
