@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,7 +20,6 @@ import httpx
 
 from . import _json
 from .asgi import (
-    JSON_CONTENT_TYPE,
     ASGIApp,
     ClientDisconnected,
     Message,
@@ -30,8 +29,14 @@ from .asgi import (
     encode_headers,
     read_body,
     route_path,
-    send_response,
 )
+from .cache.base import CacheBackend
+from .cache.entry import CachedResponse
+from .cache.flight import Flight
+from .cache.keys import SHARED_CALLER, EntryKey, caller_identity, entry_key
+from .cache.memory import MemoryCache
+from .cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL, CacheDecision, decide
+from .cache.store import CacheStats, ResponseCache
 from .clients import DEFAULT_TIMEOUT, SharedClients, default_client_factory
 from .dispatch import Dispatcher
 from .errors import (
@@ -66,12 +71,82 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 
 
+_HIT = ("x-bt-cached", "HIT")
+_MISS = ("x-bt-cached", "MISS")
+_MAX_FOLLOW_ATTEMPTS = 3
+
+
+def _ignore() -> None:
+    return None
+
+
+@dataclass(slots=True)
+class _CachePlan:
+    decision: CacheDecision
+    key: EntryKey
+
+
 @dataclass(slots=True)
 class _Call:
-    """Per-request state; never kept on the middleware."""
+    """Per-request state and the way back to the caller; never kept on the middleware."""
 
     request_id: str
+    send: Send
     started: bool = False
+    connected: bool = True
+    on_gone: Callable[[], None] = _ignore
+
+    def gone(self) -> None:
+        if self.connected:
+            self.connected = False
+            self.on_gone()
+
+    async def _send(self, message: Message) -> None:
+        if not self.connected:
+            return
+        try:
+            await self.send(message)
+        except OSError:  # some servers raise once the client has gone
+            self.gone()
+
+    def _headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+        encoded = encode_headers(headers)
+        encoded.append((b"x-request-id", self.request_id.encode()))
+        return encoded
+
+    async def respond(self, status: int, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
+        """A whole response; content-length is computed here."""
+        self.started = True
+        encoded = self._headers(headers)
+        encoded.append((b"content-length", str(len(body)).encode()))
+        await self._send({"type": "http.response.start", "status": status, "headers": encoded})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def start_stream(self, headers: Iterable[tuple[str, str]]) -> None:
+        self.started = True
+        encoded = [*_SSE_HEADERS, *self._headers(headers)]
+        await self._send({"type": "http.response.start", "status": 200, "headers": encoded})
+
+    async def emit(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end_stream(self, tail: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+async def _watch_disconnect(receive: Receive, call: _Call) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            call.gone()
+            return
+
+
+class _Default:
+    """Marks a keyword left at its default (where None means "off")."""
+
+
+_DEFAULT = _Default()
 
 
 class AutoProxyMiddleware:
@@ -92,6 +167,11 @@ class AutoProxyMiddleware:
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         timeout: float | httpx.Timeout | None = None,
         http_client: httpx.AsyncClient | None = None,
+        cache: CacheBackend | _Default | None = _DEFAULT,
+        cache_ttl: int = DEFAULT_TTL,
+        cache_timeout: float = 0.1,
+        share_cache_across_callers: bool = False,
+        cache_clock: Callable[[], float] = time.time,
     ) -> None:
         if not path.startswith("/") or path.endswith("/"):
             raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
@@ -112,6 +192,17 @@ class AutoProxyMiddleware:
             client_timeout = timeout
         else:
             client_timeout = httpx.Timeout(timeout)
+        if not MIN_TTL <= cache_ttl <= MAX_TTL:
+            raise ValueError(f"cache_ttl must be between {MIN_TTL} and {MAX_TTL} seconds")
+        backend = MemoryCache() if isinstance(cache, _Default) else cache
+        self._cache = (
+            None
+            if backend is None
+            else ResponseCache(backend, timeout=cache_timeout, clock=cache_clock)
+        )
+        self._cache_ttl = cache_ttl
+        self._share_cache = share_cache_across_callers
+        self._flights: dict[str, Flight] = {}
         self._dispatcher = Dispatcher()
         self._clients = SharedClients(
             client=http_client, factory=default_client_factory(client_timeout)
@@ -139,6 +230,15 @@ class AutoProxyMiddleware:
 
         return lifespan_send
 
+    @property
+    def cache_stats(self) -> CacheStats | None:
+        """Hits, misses, writes, coalesced waits and backend errors; None without a cache."""
+        return None if self._cache is None else self._cache.stats
+
+    @property
+    def cache(self) -> CacheBackend | None:
+        return None if self._cache is None else self._cache.backend
+
     async def aclose(self) -> None:
         """Close the HTTP client the middleware made (an injected one is left open)."""
         await self._clients.aclose()
@@ -146,7 +246,7 @@ class AutoProxyMiddleware:
     # -- one proxied request ------------------------------------------------------------
 
     async def _serve(self, route: RouteKind, scope: Scope, receive: Receive, send: Send) -> None:
-        call = _Call(request_id=_request_id(scope))
+        call = _Call(request_id=_request_id(scope), send=send)
         try:
             if scope["method"] != _ROUTE_METHODS[route]:
                 raise ProxyError(
@@ -156,7 +256,7 @@ class AutoProxyMiddleware:
                     headers=[("allow", _ROUTE_METHODS[route])],
                 )
             if route == "models":
-                await self._send_json(call, send, 200, _json.dumps(self._models_body()))
+                await self._send_json(call, 200, _json.dumps(self._models_body()))
                 return
             body = await read_body(scope, receive, self.max_body_size)
             payload = _parse_payload(body)
@@ -180,66 +280,134 @@ class AutoProxyMiddleware:
                 credential=credential,
                 request_id=call.request_id,
             )
-            await self._proxy(call, candidates, request, receive, send)
+            plan = self._cache_plan(scope, request, candidates)
+            await self._answer(call, candidates, request, plan, receive)
         except ClientDisconnected:
             return
         except ProxyError as error:
-            await self._send_error(call, send, error)
+            await self._send_error(call, error)
         except Exception:
             logger.exception("unexpected error while proxying request %s", call.request_id)
-            await self._send_error(call, send, internal_error())
+            await self._send_error(call, internal_error())
 
-    async def _proxy(
+    def _cache_plan(
+        self, scope: Scope, request: UpstreamRequest, candidates: Sequence[Provider]
+    ) -> _CachePlan | None:
+        if self._cache is None:
+            return None
+        headers = scope["headers"]
+        decision = decide(
+            request.payload,
+            use_cache=get_header(headers, b"x-bt-use-cache"),
+            cache_ttl=get_header(headers, b"x-bt-cache-ttl"),
+            cache_control=get_header(headers, b"cache-control"),
+            default_ttl=self._cache_ttl,
+        )
+        if not (decision.read or decision.write):
+            return None
+        caller = SHARED_CALLER if self._share_cache else caller_identity(request.credential)
+        key = entry_key(
+            endpoint=request.endpoint,
+            providers=",".join(p.name for p in candidates),
+            caller=caller,
+            payload=request.payload,
+        )
+        return _CachePlan(decision, key)
+
+    async def _answer(
         self,
         call: _Call,
         candidates: Sequence[Provider],
         request: UpstreamRequest,
+        plan: _CachePlan | None,
         receive: Receive,
-        send: Send,
     ) -> None:
-        """Call upstream and relay, abandoning both if the caller disconnects."""
-        disconnected = False
+        """Serve from the cache, join an identical request in flight, or call upstream."""
+        if plan is not None and plan.decision.read:
+            assert self._cache is not None
+            entry = await self._cache.get(plan.key, max_age=plan.decision.max_age)
+            if entry is not None:
+                await self._send_hit(call, entry)
+                return
+            for _ in range(_MAX_FOLLOW_ATTEMPTS):
+                flight = self._flights.get(plan.key.key)
+                if flight is None:
+                    break
+                if await self._follow(call, flight, receive):
+                    return
+        await self._lead(call, candidates, request, plan, receive)
+
+    async def _lead(
+        self,
+        call: _Call,
+        candidates: Sequence[Provider],
+        request: UpstreamRequest,
+        plan: _CachePlan | None,
+        receive: Receive,
+    ) -> None:
+        """Call upstream and relay, stopping when nobody listens any more."""
+        flight = Flight() if plan is not None else None
+        registered = plan is not None and plan.decision.read and flight is not None
+        if registered:
+            assert plan is not None and flight is not None
+            self._flights[plan.key.key] = flight
         failure: Exception | None = None
-        async with anyio.create_task_group() as group:
+        try:
+            async with anyio.create_task_group() as group:
+                if flight is not None:
+                    flight.on_abandon(group.cancel_scope.cancel)
 
-            async def watch_disconnect() -> None:
-                nonlocal disconnected
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        disconnected = True
+                def caller_gone() -> None:
+                    if flight is None or flight.leader_left():
                         group.cancel_scope.cancel()
-                        return
 
-            group.start_soon(watch_disconnect)
-            try:
-                await self._exchange(call, candidates, request, send)
-            except Exception as exc:
-                # Raised outside the group so callers see it bare, not in an ExceptionGroup.
-                failure = exc
-            finally:
-                group.cancel_scope.cancel()
-        if disconnected:
+                call.on_gone = caller_gone
+                group.start_soon(_watch_disconnect, receive, call)
+                try:
+                    await self._exchange(call, candidates, request, plan, flight)
+                except Exception as exc:
+                    # Raised outside the group so callers see it bare, not in an ExceptionGroup.
+                    failure = exc
+                finally:
+                    group.cancel_scope.cancel()
+        finally:
+            if flight is not None and not flight.done:
+                flight.fail(failure if isinstance(failure, ProxyError) else None)
+            if registered:
+                assert plan is not None
+                if self._flights.get(plan.key.key) is flight:
+                    del self._flights[plan.key.key]
+        if not call.connected:
             logger.info("client disconnected from request %s", call.request_id)
             return
         if failure is not None:
             raise failure
 
     async def _exchange(
-        self, call: _Call, candidates: Sequence[Provider], request: UpstreamRequest, send: Send
+        self,
+        call: _Call,
+        candidates: Sequence[Provider],
+        request: UpstreamRequest,
+        plan: _CachePlan | None,
+        flight: Flight | None,
     ) -> None:
         provider, response = await self._dispatcher.send(candidates, request, self._clients.get())
         try:
             if request.stream and response.status == 200 and response.is_event_stream:
-                await self._relay_stream(call, provider, response, send)
+                await self._relay_stream(call, provider, response, plan, flight)
             else:
-                await self._relay_whole(call, provider, response, send)
+                await self._relay_whole(call, provider, response, plan, flight)
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
 
     async def _relay_whole(
-        self, call: _Call, provider: Provider, response: UpstreamResponse, send: Send
+        self,
+        call: _Call,
+        provider: Provider,
+        response: UpstreamResponse,
+        plan: _CachePlan | None,
+        flight: Flight | None,
     ) -> None:
         try:
             body = await response.read()
@@ -259,23 +427,33 @@ class AutoProxyMiddleware:
             ).to_body()
             headers = [(k, v) for k, v in headers if k != "content-type"]
             headers.append(("content-type", "application/json"))
-        call.started = True
-        await send_response(send, status, body, self._response_headers(call, headers))
+        cache_headers: list[tuple[str, str]] = []
+        if plan is not None and plan.decision.write and 200 <= status < 300:
+            assert self._cache is not None
+            entry = CachedResponse(status, tuple(headers), (body,), False, self._cache.clock())
+            await self._cache.put(plan.key, entry, plan.decision.ttl)
+            cache_headers = [("cache-control", f"max-age={plan.decision.ttl}"), ("age", "0")]
+        if flight is not None:
+            flight.start(status, headers, stream=False)
+            flight.publish(body)
+            flight.complete()
+        await call.respond(status, body, [*headers, *cache_headers, _MISS])
 
     async def _relay_stream(
-        self, call: _Call, provider: Provider, response: UpstreamResponse, send: Send
+        self,
+        call: _Call,
+        provider: Provider,
+        response: UpstreamResponse,
+        plan: _CachePlan | None,
+        flight: Flight | None,
     ) -> None:
-        headers = list(_SSE_HEADERS)
-        headers.extend(
-            (k.encode("latin-1"), v.encode("latin-1"))
-            for k, v in response.headers
-            if k != "content-type"
-        )
-        headers.append((b"x-request-id", call.request_id.encode()))
-        call.started = True
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        headers = [(k, v) for k, v in response.headers if k != "content-type"]
+        if flight is not None:
+            flight.start(200, headers, stream=True)
+        await call.start_stream([*headers, _MISS])
         splitter = EventSplitter()
         finished = False  # [DONE] or an upstream error event ended the stream
+        failed = False  # the upstream reported an error in the stream
         broken: str | None = None
         try:
             async for chunk in response.chunks:
@@ -283,15 +461,13 @@ class AutoProxyMiddleware:
                 if not events:
                     continue
                 for event in events:
-                    if is_done(event) or is_error(event):
+                    if is_done(event):
                         finished = True
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": events[0] if len(events) == 1 else b"".join(events),
-                        "more_body": True,
-                    }
-                )
+                    elif is_error(event):
+                        finished = failed = True
+                    if flight is not None:
+                        flight.publish(event)
+                await call.emit(events[0] if len(events) == 1 else b"".join(events))
         except httpx.TimeoutException:
             broken = "no data arrived within the read timeout"
         except httpx.TransportError:
@@ -307,32 +483,88 @@ class AutoProxyMiddleware:
                 broken,
             )
             tail = error_event(upstream_stream_broken(provider.name, broken).to_dict())
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        if flight is not None:
+            if broken is not None:
+                flight.break_stream(tail)
+            else:
+                flight.complete()
+            if plan is not None and plan.decision.write and broken is None and not failed:
+                assert self._cache is not None
+                entry = CachedResponse(
+                    200, tuple(headers), tuple(flight.parts), True, self._cache.clock()
+                )
+                await self._cache.put(plan.key, entry, plan.decision.ttl)
+        await call.end_stream(tail)
+
+    async def _follow(self, call: _Call, flight: Flight, receive: Receive) -> bool:
+        """Answer from a leader's flight; False when the leader gave up and we must retry."""
+        assert self._cache is not None
+        self._cache.stats.coalesced += 1
+        flight.followers += 1
+        served = True
+        try:
+            async with anyio.create_task_group() as group:
+                call.on_gone = group.cancel_scope.cancel
+                group.start_soon(_watch_disconnect, receive, call)
+                served = await self._consume(call, flight)
+                group.cancel_scope.cancel()
+        finally:
+            flight.follower_left()
+        return served
+
+    async def _consume(self, call: _Call, flight: Flight) -> bool:
+        while not flight.started:
+            await flight.changed()
+        if flight.state == "abandoned":
+            return False
+        if flight.state == "failed":
+            assert flight.error is not None
+            await self._send_error(call, flight.error)
+            return True
+        if not flight.stream:
+            await call.respond(flight.status, b"".join(flight.parts), [*flight.headers, _HIT])
+            return True
+        await call.start_stream([*flight.headers, _HIT])
+        sent = 0
+        while True:
+            if sent < len(flight.parts):
+                pending = flight.parts[sent:]
+                sent += len(pending)
+                await call.emit(b"".join(pending))
+            elif flight.done:
+                break
+            else:
+                await flight.changed()
+        tail = flight.broken_tail
+        if flight.state in ("failed", "abandoned") and not tail:
+            tail = error_event(
+                upstream_stream_broken("coalesced", "the request it joined was abandoned").to_dict()
+            )
+        await call.end_stream(tail)
+        return True
+
+    async def _send_hit(self, call: _Call, entry: CachedResponse) -> None:
+        assert self._cache is not None
+        headers = [*entry.headers, _HIT, ("age", str(int(self._cache.age(entry))))]
+        if not entry.stream:
+            await call.respond(entry.status, entry.body, headers)
+            return
+        await call.start_stream(headers)
+        for event in entry.parts:
+            await call.emit(event)
+        await call.end_stream(b"")
 
     # -- responses ----------------------------------------------------------------------
 
-    def _response_headers(
-        self, call: _Call, headers: Sequence[tuple[str, str]]
-    ) -> list[tuple[bytes, bytes]]:
-        encoded = encode_headers(headers)
-        encoded.append((b"x-request-id", call.request_id.encode()))
-        return encoded
+    async def _send_json(self, call: _Call, status: int, body: bytes) -> None:
+        await call.respond(status, body, [("content-type", "application/json")])
 
-    async def _send_json(self, call: _Call, send: Send, status: int, body: bytes) -> None:
-        call.started = True
-        await send_response(send, status, body, [JSON_CONTENT_TYPE, *self._id_header(call)])
-
-    @staticmethod
-    def _id_header(call: _Call) -> list[tuple[bytes, bytes]]:
-        return [(b"x-request-id", call.request_id.encode())]
-
-    async def _send_error(self, call: _Call, send: Send, error: ProxyError) -> None:
+    async def _send_error(self, call: _Call, error: ProxyError) -> None:
         if call.started:
             # Too late for a status: the stream already ended or carries its own error.
             return
-        headers = [JSON_CONTENT_TYPE, *encode_headers(error.headers), *self._id_header(call)]
-        call.started = True
-        await send_response(send, error.status, error.to_body(), headers)
+        headers = [("content-type", "application/json"), *error.headers]
+        await call.respond(error.status, error.to_body(), headers)
 
     def _models_body(self) -> dict[str, Any]:
         now = int(time.time())

@@ -1,0 +1,69 @@
+"""A cached response and its byte format.
+
+Streams are kept as their list of SSE events, byte for byte, so a hit replays the
+same events with the same boundaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import _json
+
+_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    parts: tuple[bytes, ...]
+    """The whole body as one part, or a stream's SSE events."""
+    stream: bool
+    stored_at: float
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.parts)
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def encode(self) -> bytes:
+        header = _json.dumps(
+            {
+                "f": _FORMAT,
+                "s": self.status,
+                "h": self.headers,
+                "st": self.stream,
+                "t": self.stored_at,
+                "l": [len(p) for p in self.parts],
+            }
+        )
+        return len(header).to_bytes(4, "big") + header + b"".join(self.parts)
+
+    @classmethod
+    def decode(cls, data: bytes) -> CachedResponse | None:
+        """None for anything that is not a well-formed entry of this version."""
+        try:
+            size = int.from_bytes(data[:4], "big")
+            header = _json.loads(data[4 : 4 + size])
+            if header["f"] != _FORMAT:
+                return None
+            parts: list[bytes] = []
+            offset = 4 + size
+            for length in header["l"]:
+                parts.append(data[offset : offset + length])
+                offset += length
+            if offset != len(data):
+                return None
+            return cls(
+                status=int(header["s"]),
+                headers=tuple((str(k), str(v)) for k, v in header["h"]),
+                parts=tuple(parts),
+                stream=bool(header["st"]),
+                stored_at=float(header["t"]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError, *_json.JSONDecodeError):
+            return None

@@ -1,0 +1,55 @@
+"""Cache keys: versioned hashes of everything that makes two requests the same.
+
+The key covers the endpoint, the providers that may answer, the caller and the
+canonical JSON body, so key order and whitespace do not matter but callers never
+share entries (unless told to). A second, independent hash of the same material
+is the secret that encrypts the entry where the backend asks for encryption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import _json
+
+KEY_VERSION = b"asgi_autoproxy/cache/v1"
+SHARED_CALLER = "shared"
+ANONYMOUS_CALLER = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class EntryKey:
+    key: str
+    """The backend key: a hex hash, safe to store and to log."""
+    secret: bytes
+    """32 bytes that encrypt the entry; never leaves the process."""
+
+
+def caller_identity(credential: str | None) -> str:
+    """A stable id for the caller's credential; the credential itself is never kept."""
+    if credential is None:
+        return ANONYMOUS_CALLER
+    return "key:" + hashlib.sha256(credential.encode()).hexdigest()
+
+
+def entry_key(
+    *,
+    endpoint: str,
+    providers: str,
+    caller: str,
+    payload: Mapping[str, Any],
+) -> EntryKey:
+    body = payload
+    if "stream" in body and not body["stream"]:
+        # `"stream": false` and no `stream` ask for the same answer.
+        body = {k: v for k, v in body.items() if k != "stream"}
+    material = b"\x00".join(
+        (KEY_VERSION, endpoint.encode(), providers.encode(), caller.encode(), _json.canonical(body))
+    )
+    return EntryKey(
+        key=hashlib.sha256(b"key\x00" + material).hexdigest(),
+        secret=hashlib.sha256(b"secret\x00" + material).digest(),
+    )

@@ -1,0 +1,107 @@
+"""``MemoryCache``: an in-process LRU with per-entry TTL, bounded by entries and bytes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cachetools import TLRUCache
+
+# Rough per-entry bookkeeping (dict slot, tuple, key string) counted against max_bytes.
+_ENTRY_OVERHEAD = 200
+
+
+@dataclass(slots=True)
+class MemoryCacheStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    entries: int = 0
+    bytes: int = 0
+
+
+class _TLRU(TLRUCache[str, tuple[bytes, float]]):
+    def __init__(self, max_bytes: int, timer: Callable[[], float]) -> None:
+        super().__init__(max_bytes, _time_to_use, timer, _entry_size)
+        self.evictions = 0
+
+    def popitem(self) -> tuple[str, tuple[bytes, float]]:
+        item = super().popitem()
+        self.evictions += 1
+        return item
+
+
+def _time_to_use(key: str, value: tuple[bytes, float], now: float) -> float:
+    return now + value[1]
+
+
+def _entry_size(value: tuple[bytes, float]) -> int:
+    return len(value[0]) + _ENTRY_OVERHEAD
+
+
+class MemoryCache:
+    """Least-recently-used entries go first once ``max_entries`` or ``max_bytes`` is hit;
+    each entry also expires after its own TTL.
+
+    ``timer`` is injectable so tests can move time without sleeping. A lock makes it
+    safe from several threads as well as from concurrent tasks.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        max_bytes: int = 256 * 1024 * 1024,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries <= 0 or max_bytes <= 0:
+            raise ValueError("max_entries and max_bytes must be positive")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._data = _TLRU(max_bytes, timer)
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+
+    async def get(self, key: str) -> bytes | None:
+        with self._lock:
+            found = self._data.get(key)
+            if found is None:
+                self._misses += 1
+                return None
+            self._hits += 1
+            return found[0]
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        with self._lock:
+            try:
+                self._data[key] = (value, float(ttl))
+            except ValueError:  # a single value larger than max_bytes: not cached
+                self._data.pop(key, None)
+                return
+            while len(self._data) > self.max_entries:
+                self._data.popitem()
+
+    async def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    @property
+    def stats(self) -> MemoryCacheStats:
+        with self._lock:
+            self._data.expire()
+            return MemoryCacheStats(
+                hits=self._hits,
+                misses=self._misses,
+                evictions=self._data.evictions,
+                entries=len(self._data),
+                bytes=int(self._data.currsize),
+            )

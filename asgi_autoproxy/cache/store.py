@@ -1,0 +1,105 @@
+"""``ResponseCache``: cached responses in and out of a backend, never failing a request.
+
+Each backend call is bounded by a timeout; an error or timeout counts as a miss or
+a skipped write and is logged (with the hashed key only). Values are sealed with
+the entry's secret where the backend asks for encryption.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+from . import crypto
+from .base import CacheBackend
+from .entry import CachedResponse
+from .keys import EntryKey
+from .memory import MemoryCache
+
+logger = logging.getLogger("asgi_autoproxy.cache")
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    coalesced: int = 0
+    errors: int = 0
+
+
+class ResponseCache:
+    def __init__(
+        self,
+        backend: CacheBackend,
+        *,
+        timeout: float | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(backend, CacheBackend):
+            raise TypeError(f"cache={backend!r} does not implement CacheBackend (get, set, delete)")
+        self.backend = backend
+        self.encrypt = bool(getattr(backend, "encrypt", False))
+        # An in-process dict cannot hang; skip the cancel-scope cost on its hot path.
+        self.timeout = None if isinstance(backend, MemoryCache) else timeout
+        self.clock = clock
+        self.stats = CacheStats()
+
+    async def get(self, key: EntryKey, *, max_age: float | None) -> CachedResponse | None:
+        try:
+            if self.timeout is None:
+                raw = await self.backend.get(key.key)
+            else:
+                with anyio.fail_after(self.timeout):
+                    raw = await self.backend.get(key.key)
+        except Exception as exc:
+            self._failed("get", key, exc)
+            raw = None
+        entry = self._open(key, raw) if raw is not None else None
+        if entry is not None and max_age is not None and self.age(entry) > max_age:
+            entry = None
+        if entry is None:
+            self.stats.misses += 1
+        else:
+            self.stats.hits += 1
+        return entry
+
+    async def put(self, key: EntryKey, entry: CachedResponse, ttl: int) -> None:
+        value = entry.encode()
+        if self.encrypt:
+            value = crypto.seal(key.secret, value, aad=key.key.encode())
+        try:
+            if self.timeout is None:
+                await self.backend.set(key.key, value, ttl)
+            else:
+                with anyio.fail_after(self.timeout):
+                    await self.backend.set(key.key, value, ttl)
+        except Exception as exc:
+            self._failed("set", key, exc)
+            return
+        self.stats.writes += 1
+
+    def age(self, entry: CachedResponse) -> float:
+        return max(0.0, self.clock() - entry.stored_at)
+
+    def _open(self, key: EntryKey, raw: bytes) -> CachedResponse | None:
+        if self.encrypt:
+            opened = crypto.unseal(key.secret, raw, aad=key.key.encode())
+            if opened is None:
+                return None
+            raw = opened
+        return CachedResponse.decode(raw)
+
+    def _failed(self, operation: str, key: EntryKey, exc: Exception) -> None:
+        self.stats.errors += 1
+        reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+        logger.warning(
+            "cache %s failed for key %s…: %s; serving without cache",
+            operation,
+            key.key[:12],
+            reason,
+        )
