@@ -1,5 +1,9 @@
 """asgi_autoproxy: an OpenAI-compatible LLM proxy endpoint inside any ASGI app."""
 
+from .cache.base import CacheBackend
+from .cache.memory import MemoryCache, MemoryCacheStats
+from .cache.policy import CacheDecision
+from .cache.store import CacheStats
 from .catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
 from .errors import ProxyError
 from .middleware import AutoProxyMiddleware
@@ -10,7 +14,12 @@ __version__ = "0.1.0"
 __all__ = [
     "BUILTIN_CATALOG",
     "AutoProxyMiddleware",
+    "CacheBackend",
+    "CacheDecision",
+    "CacheStats",
     "Endpoint",
+    "MemoryCache",
+    "MemoryCacheStats",
     "ModelCatalog",
     "ModelFlavor",
     "OpenAIProvider",

@@ -55,8 +55,12 @@ MakeProxy = Callable[..., AutoProxyMiddleware]
 
 
 @pytest.fixture
-def make_proxy(upstream_url: str) -> MakeProxy:
-    """Build the middleware around a small app; keywords override the defaults."""
+async def make_proxy(upstream_url: str) -> AsyncIterator[MakeProxy]:
+    """Build the middleware around a small app; keywords override the defaults.
+
+    Every middleware built is closed when the test ends, in the test's event loop.
+    """
+    made: list[AutoProxyMiddleware] = []
 
     def make(**kwargs: Any) -> AutoProxyMiddleware:
         provider_kwargs = kwargs.pop("provider", {})
@@ -65,9 +69,13 @@ def make_proxy(upstream_url: str) -> MakeProxy:
             [OpenAIProvider(base_url=upstream_url, name="fake", **provider_kwargs)],
         )
         app = kwargs.pop("app", None) or inner_app()
-        return AutoProxyMiddleware(app, providers=providers, **kwargs)
+        proxy = AutoProxyMiddleware(app, providers=providers, **kwargs)
+        made.append(proxy)
+        return proxy
 
-    return make
+    yield make
+    for proxy in made:
+        await proxy.aclose()
 
 
 @pytest.fixture

@@ -138,6 +138,7 @@ class FakeUpstream:
                     return
 
         watcher = asyncio.ensure_future(watch())
+        completed = False
         if fake.get("gate"):
             self._loop = asyncio.get_running_loop()
             self._gate = asyncio.Event()
@@ -175,6 +176,7 @@ class FakeUpstream:
                         }
                     )
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            completed = True
             with self._lock:
                 self.completed_streams += 1
         except (ConnectionError, OSError):
@@ -185,7 +187,8 @@ class FakeUpstream:
                 await asyncio.wait_for(asyncio.shield(watcher), timeout=0.2)
             except asyncio.TimeoutError:
                 watcher.cancel()
-            if disconnected.is_set():
+            # After a complete response the server reports a disconnect too; not a real one.
+            if disconnected.is_set() and not completed:
                 with self._lock:
                     self.disconnects += 1
 
