@@ -14,6 +14,13 @@ ModelFlavor = Literal["chat", "completion", "embedding"]
 FLAVORS: frozenset[str] = frozenset(get_args(ModelFlavor))
 
 BUILTIN_CATALOG: Mapping[str, ModelFlavor] = {
+    # Embedding models: never valid for /auto. Listed first because globs are tried in
+    # order, and `gemini-*` below would otherwise claim `gemini-embedding-001`.
+    "text-embedding-*": "embedding",
+    "text-similarity-*": "embedding",
+    "embed-*": "embedding",
+    "*-embedding-*": "embedding",
+    "gemini-embedding-*": "embedding",
     # OpenAI completion models: the only ones the legacy /completions endpoint still serves.
     "gpt-3.5-turbo-instruct": "completion",
     "gpt-3.5-turbo-instruct-*": "completion",
@@ -49,12 +56,6 @@ BUILTIN_CATALOG: Mapping[str, ModelFlavor] = {
     "grok-*": "chat",
     "deepseek-chat": "chat",
     "deepseek-reasoner": "chat",
-    # Embedding models: never valid for /auto.
-    "text-embedding-*": "embedding",
-    "text-similarity-*": "embedding",
-    "embed-*": "embedding",
-    "*-embedding-*": "embedding",
-    "gemini-embedding-*": "embedding",
 }
 
 

@@ -27,6 +27,8 @@ class RecordedRequest:
     headers: dict[str, str]
     header_list: list[tuple[str, str]]
     body: bytes
+    client: tuple[str, int] | None = None
+    """The caller's (host, port): one port per TCP connection, so reuse shows."""
 
     @property
     def json(self) -> Any:
@@ -77,6 +79,7 @@ class FakeUpstream:
             headers=dict(header_list),
             header_list=header_list,
             body=body,
+            client=tuple(scope["client"]) if scope.get("client") else None,
         )
         with self._lock:
             self.requests.append(recorded)
