@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
-from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy, chat_body
+from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy, chat_body, inner_app
 from tests.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.anyio
@@ -491,9 +491,11 @@ _bodies = (
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(body=_bodies, path=st.sampled_from(["/v1/proxy/auto", "/v1/proxy/chat/completions"]))
-def test_no_body_makes_a_500(make_proxy: MakeProxy, body: bytes, path: str) -> None:
+def test_no_body_makes_a_500(upstream_url: str, body: bytes, path: str) -> None:
     async def post() -> httpx.Response:
-        app = make_proxy()
+        app = AutoProxyMiddleware(
+            inner_app(), providers=[OpenAIProvider(base_url=upstream_url, name="fake")]
+        )
         transport = httpx.ASGITransport(app=app)
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
