@@ -1,72 +1,189 @@
-"""``asgi-autoproxy``: serve the proxy on its own, with uvicorn."""
+"""``asgi-autoproxy``: serve the proxy on its own, with uvicorn.
+
+Every flag has an environment variable, so a container needs no command line. The
+upstream key is read from ``OPENAI_API_KEY`` only: a flag would show it in ``ps``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from .asgi import JSON_CONTENT_TYPE, Receive, Scope, Send, send_response
+from . import __version__
+from .asgi import JSON_CONTENT_TYPE, ASGIApp, Receive, Scope, Send, send_response
 from .errors import ProxyError
 from .middleware import AutoProxyMiddleware
 from .providers import OpenAIProvider
 
+logger = logging.getLogger("asgi_autoproxy")
 
-async def not_found_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """The app behind the middleware when it runs alone: everything else is a 404."""
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    if scope["type"] != "http":
-        return
-    error = ProxyError(404, f"No route for {scope['path']}; POST to /v1/proxy/auto.")
-    await send_response(send, 404, error.to_body(), [JSON_CONTENT_TYPE])
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+HEALTH_PATH = "/healthz"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+_EPILOG = """\
+environment:
+  OPENAI_API_KEY   server-side upstream key; callers' keys then never leave the proxy.
+                   Unset (or --pass-through): each caller's own bearer key goes upstream.
+                   There is deliberately no flag for it: flags show up in `ps`.
+  every flag also reads the variable named in its help; a flag wins over its variable.
+
+GET /healthz answers 200 for load balancers; other paths outside the proxy get 404.
+"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
+def standalone_app(proxy_path: str) -> ASGIApp:
+    """The app behind the middleware when it runs alone: a health check, else 404."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return  # uvicorn refuses a websocket the app never accepts
+        if scope["path"] == HEALTH_PATH and scope["method"] in ("GET", "HEAD"):
+            await send_response(send, 200, b'{"status":"ok"}', [JSON_CONTENT_TYPE])
+            return
+        error = ProxyError(
+            404, f"No route for {scope['path']}; POST to {proxy_path}.", code="not_found"
+        )
+        await send_response(send, 404, error.to_body(), [JSON_CONTENT_TYPE])
+
+    return app
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
+    return port
+
+
+def _env_flag(environ: Mapping[str, str], name: str) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    print(f"asgi-autoproxy: error: {name}={value!r}; use 1/true/yes or 0/false/no", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The command line; defaults come from ``environ`` (``os.environ`` by default)."""
+    env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
         prog="asgi-autoproxy",
-        description="Serve an OpenAI-compatible /v1/proxy/auto endpoint.",
+        description="Serve an OpenAI-compatible POST /v1/proxy/auto endpoint, plus\n"
+        "/chat/completions, /completions and /models beside it, with uvicorn.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", default=env("AUTOPROXY_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(env("AUTOPROXY_PORT", "8000")))
+    # String defaults go through `type`, so a bad environment value gets a clean error.
+    parser.add_argument(
+        "--host",
+        default=env.get("AUTOPROXY_HOST", "127.0.0.1"),
+        help="interface to listen on (env AUTOPROXY_HOST; default %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=env.get("AUTOPROXY_PORT", "8000"),
+        help="port to listen on (env AUTOPROXY_PORT; default %(default)s)",
+    )
     parser.add_argument(
         "--openai-base-url",
-        default=env("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-        help="upstream OpenAI-compatible base URL (env OPENAI_BASE_URL)",
+        default=env.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+        metavar="URL",
+        help="upstream OpenAI-compatible base URL, e.g. http://localhost:11434/v1 "
+        "(env OPENAI_BASE_URL; default %(default)s)",
     )
     parser.add_argument(
         "--pass-through",
-        action="store_true",
-        default=env("AUTOPROXY_PASS_THROUGH", "") not in ("", "0", "false"),
-        help="forward each caller's own bearer key instead of a server-side key "
-        "(the default when OPENAI_API_KEY is unset)",
+        action=argparse.BooleanOptionalAction,
+        default=_env_flag(env, "AUTOPROXY_PASS_THROUGH"),
+        help="forward each caller's own bearer key even when OPENAI_API_KEY is set "
+        "(env AUTOPROXY_PASS_THROUGH=1). Without OPENAI_API_KEY this is always the case.",
     )
-    parser.add_argument("--path", default=env("AUTOPROXY_PATH", "/v1/proxy/auto"))
-    parser.add_argument("--log-level", default=env("AUTOPROXY_LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--path",
+        default=env.get("AUTOPROXY_PATH", "/v1/proxy/auto"),
+        help="path of the /auto endpoint; its siblings sit beside it "
+        "(env AUTOPROXY_PATH; default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=env.get("AUTOPROXY_LOG_LEVEL", "info"),
+        help="log level for uvicorn and the proxy (env AUTOPROXY_LOG_LEVEL; default %(default)s)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
-def build_app(args: argparse.Namespace) -> AutoProxyMiddleware:
-    # The key comes only from the environment: flags show up in `ps` output.
-    api_key = None if args.pass_through else os.environ.get("OPENAI_API_KEY") or None
+def build_app(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> AutoProxyMiddleware:
+    """The proxy around ``standalone_app``. Raises ``ValueError`` for a bad URL or path."""
+    env = os.environ if environ is None else environ
+    api_key = None if _pass_through(args, env) else env["OPENAI_API_KEY"]
     provider = OpenAIProvider(base_url=args.openai_base_url, api_key=api_key, name="openai")
-    return AutoProxyMiddleware(not_found_app, providers=[provider], path=args.path)
+    return AutoProxyMiddleware(standalone_app(args.path), providers=[provider], path=args.path)
+
+
+def _pass_through(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
+    return bool(args.pass_through) or not environ.get("OPENAI_API_KEY")
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging setup, with the proxy's logger printed the same way."""
+    from uvicorn.config import LOG_LEVELS as UVICORN_LEVELS
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["asgi_autoproxy"] = {
+        "handlers": ["default"],
+        "level": UVICORN_LEVELS[level],
+        "propagate": False,
+    }
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         import uvicorn
     except ImportError:
-        print("asgi-autoproxy needs uvicorn: pip install 'asgi_autoproxy[server]'")
-        return 2
-    app = build_app(args)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+        parser.exit(2, "asgi-autoproxy needs uvicorn: pip install 'asgi_autoproxy[server]'\n")
+    try:
+        app = build_app(args)
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        log_config=log_config(args.log_level),
+    )  # configures logging, so the line below is printed like uvicorn's own
+    keys = "callers' own keys" if _pass_through(args, os.environ) else "OPENAI_API_KEY"
+    logger.info("proxying POST %s to %s using %s", args.path, args.openai_base_url, keys)
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 3  # 3: uvicorn's code for a failed start-up
