@@ -1,5 +1,6 @@
 """asgi_autoproxy: an OpenAI-compatible LLM proxy endpoint inside any ASGI app."""
 
+from .cache.redis import RedisCache  # imports redis only when a RedisCache is made
 from .catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
 from .errors import ProxyError
 from .middleware import AutoProxyMiddleware
@@ -16,6 +17,7 @@ __all__ = [
     "OpenAIProvider",
     "Provider",
     "ProxyError",
+    "RedisCache",
     "UpstreamRequest",
     "UpstreamResponse",
     "__version__",
