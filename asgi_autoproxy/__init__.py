@@ -3,6 +3,7 @@
 from .cache.base import CacheBackend
 from .cache.memory import MemoryCache, MemoryCacheStats
 from .cache.policy import CacheDecision
+from .cache.redis import RedisCache  # imports redis only when a RedisCache is made
 from .cache.store import CacheStats
 from .catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
 from .errors import ProxyError
@@ -25,6 +26,7 @@ __all__ = [
     "OpenAIProvider",
     "Provider",
     "ProxyError",
+    "RedisCache",
     "UpstreamRequest",
     "UpstreamResponse",
     "__version__",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import _json
+from .crypto import derive_key, derive_secret
 
 KEY_VERSION = b"asgi_autoproxy/cache/v1"
 SHARED_CALLER = "shared"
@@ -49,7 +50,4 @@ def entry_key(
     material = b"\x00".join(
         (KEY_VERSION, endpoint.encode(), providers.encode(), caller.encode(), _json.canonical(body))
     )
-    return EntryKey(
-        key=hashlib.sha256(b"key\x00" + material).hexdigest(),
-        secret=hashlib.sha256(b"secret\x00" + material).digest(),
-    )
+    return EntryKey(key=derive_key(material), secret=derive_secret(material))
