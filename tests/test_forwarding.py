@@ -184,3 +184,11 @@ async def test_models_route_lists_catalog_models(client: httpx.AsyncClient) -> N
     assert body["object"] == "list"
     assert {"gpt-4o", "gpt-3.5-turbo-instruct", "davinci-002"} <= ids
     assert not any("embedding" in i for i in ids)
+
+
+def test_default_provider_name_never_shows_url_credentials() -> None:
+    from asgi_autoproxy import OpenAIProvider
+
+    provider = OpenAIProvider(base_url="https://user:hunter2@llm.example:8443/v1")
+    assert provider.name == "llm.example:8443"
+    assert "hunter2" not in repr(provider)

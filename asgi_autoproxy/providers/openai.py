@@ -34,7 +34,10 @@ class OpenAIProvider:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key or None
         self._patterns = ModelPatterns(models)
-        self._name = name or parts.netloc
+        # Host and port only: credentials in the URL must never become a visible name.
+        userinfo, at, host = parts.netloc.rpartition("@")
+        self._userinfo = userinfo + at
+        self._name = name or host
         self._endpoints = frozenset(endpoints)
         self._urls = {
             ep: httpx.URL(f"{self.base_url}/{path}") for ep, path in ENDPOINT_PATHS.items()
@@ -44,7 +47,8 @@ class OpenAIProvider:
     def __repr__(self) -> str:
         # The key stays out of reprs, and so out of logs and tracebacks.
         key = "server-side" if self._api_key else "pass-through"
-        return f"OpenAIProvider(name={self._name!r}, base_url={self.base_url!r}, key={key})"
+        shown = self.base_url.replace(self._userinfo, "") if self._userinfo else self.base_url
+        return f"OpenAIProvider(name={self._name!r}, base_url={shown!r}, key={key})"
 
     @property
     def name(self) -> str:
