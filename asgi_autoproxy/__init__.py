@@ -1,6 +1,6 @@
 """asgi_autoproxy: an OpenAI-compatible LLM proxy endpoint inside any ASGI app."""
 
-from .cache.base import CacheBackend
+from .cache.base import CacheBackend, SharedLockBackend
 from .cache.memory import MemoryCache, MemoryCacheStats
 from .cache.policy import CacheDecision
 from .cache.redis import RedisCache  # imports redis only when a RedisCache is made
@@ -27,6 +27,7 @@ __all__ = [
     "Provider",
     "ProxyError",
     "RedisCache",
+    "SharedLockBackend",
     "UpstreamRequest",
     "UpstreamResponse",
     "__version__",

@@ -172,6 +172,7 @@ class AutoProxyMiddleware:
         cache_timeout: float = 0.1,
         share_cache_across_callers: bool = False,
         cache_clock: Callable[[], float] = time.time,
+        coalesce_timeout: float = 60.0,
     ) -> None:
         if not path.startswith("/") or path.endswith("/"):
             raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
@@ -202,6 +203,9 @@ class AutoProxyMiddleware:
         )
         self._cache_ttl = cache_ttl
         self._share_cache = share_cache_across_callers
+        if coalesce_timeout <= 0:
+            raise ValueError("coalesce_timeout must be a positive number of seconds")
+        self._coalesce_timeout = coalesce_timeout
         self._flights: dict[str, Flight] = {}
         self._dispatcher = Dispatcher()
         self._clients = SharedClients(
@@ -335,7 +339,38 @@ class AutoProxyMiddleware:
                     break
                 if await self._follow(call, flight, receive):
                     return
+            if self._cache.locks is not None and not request.stream:
+                await self._lead_across_processes(call, candidates, request, plan, receive)
+                return
         await self._lead(call, candidates, request, plan, receive)
+
+    async def _lead_across_processes(
+        self,
+        call: _Call,
+        candidates: Sequence[Provider],
+        request: UpstreamRequest,
+        plan: _CachePlan,
+        receive: Receive,
+    ) -> None:
+        """Like ``_lead``, but first let another process already calling upstream answer.
+
+        Streams skip this: waiting for another process's whole stream would cost its
+        time to first byte.
+        """
+        assert self._cache is not None
+        token = await self._cache.claim(plan.key, self._coalesce_timeout)
+        if token is None:
+            entry = await self._cache.wait_for_peer(plan.key, self._coalesce_timeout)
+            if entry is not None:
+                self._cache.stats.coalesced += 1
+                await self._send_hit(call, entry)
+                return
+            token = ""  # the other process gave up: call upstream without the lock
+        try:
+            await self._lead(call, candidates, request, plan, receive)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._cache.release(plan.key, token)
 
     async def _lead(
         self,

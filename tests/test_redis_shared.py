@@ -94,3 +94,33 @@ def test_process_a_miss_is_process_b_hit(upstream: FakeUpstream, upstream_url: s
         assert blobs
         for plain in (prompt, "Zanzibar", completion, body["model"], CALLER_KEY):
             assert all(plain.encode() not in blob for blob in blobs), plain
+
+
+def test_identical_requests_in_two_processes_make_one_upstream_call(
+    upstream: FakeUpstream, upstream_url: str
+) -> None:
+    """Cross-process coalescing: B waits on A's Redis lock instead of calling upstream."""
+    import concurrent.futures
+
+    body = chat_body("coalesce me across processes", temperature=0, fake={"sleep": 0.5})
+    headers = {"authorization": f"Bearer {CALLER_KEY}"}
+    with (
+        running_redis() as server,
+        app_process(upstream_url, server.url) as a,
+        app_process(upstream_url, server.url) as b,
+        concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool,
+    ):
+        first = pool.submit(
+            httpx.post, f"{a}/v1/proxy/auto", json=body, headers=headers, timeout=10
+        )
+        deadline = time.monotonic() + 5
+        while not upstream.calls:  # A's upstream call is under way and A holds the lock
+            assert time.monotonic() < deadline, "process A never called upstream"
+            time.sleep(0.01)
+        second = httpx.post(f"{b}/v1/proxy/auto", json=body, headers=headers, timeout=10)
+        a_response = first.result(timeout=10)
+    assert a_response.headers["x-bt-cached"] == "MISS"
+    assert second.status_code == 200
+    assert second.headers["x-bt-cached"] == "HIT"
+    assert second.json() == a_response.json()
+    assert upstream.calls == 1

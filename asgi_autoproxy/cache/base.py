@@ -26,3 +26,22 @@ class CacheBackend(Protocol):
         ...
 
     async def delete(self, key: str) -> None: ...
+
+
+@runtime_checkable
+class SharedLockBackend(Protocol):
+    """A backend that can also coalesce across processes (``RedisCache`` does).
+
+    One instance claims a key and calls upstream; the others wait for the value
+    it stores, and call upstream themselves if it never comes.
+    """
+
+    async def acquire_lock(self, key: str, ttl_ms: int) -> str | None:
+        """A token when this caller should call upstream; None when another holds it."""
+        ...
+
+    async def release_lock(self, key: str, token: str) -> None: ...
+
+    async def wait_for(self, key: str, max_wait: float) -> bytes | None:
+        """The stored value once it appears, or None when the holder gave up or time ran out."""
+        ...

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import anyio
 
 from . import crypto
-from .base import CacheBackend
+from .base import CacheBackend, SharedLockBackend
 from .entry import CachedResponse
 from .keys import EntryKey
 from .memory import MemoryCache
@@ -48,6 +48,36 @@ class ResponseCache:
         self.timeout = None if isinstance(backend, MemoryCache) else timeout
         self.clock = clock
         self.stats = CacheStats()
+        self.locks = backend if isinstance(backend, SharedLockBackend) else None
+        """Set where identical requests can be coalesced across processes too."""
+
+    async def claim(self, key: EntryKey, seconds: float) -> str | None:
+        """A token to release after calling upstream, or None: another process is on it."""
+        assert self.locks is not None
+        try:
+            return await self.locks.acquire_lock(key.key, max(1, int(seconds * 1000)))
+        except Exception as exc:
+            self._failed("lock", key, exc)
+            return ""  # nobody can coordinate: go ahead alone
+
+    async def release(self, key: EntryKey, token: str) -> None:
+        assert self.locks is not None
+        if not token:
+            return
+        try:
+            await self.locks.release_lock(key.key, token)
+        except Exception as exc:
+            self._failed("unlock", key, exc)
+
+    async def wait_for_peer(self, key: EntryKey, seconds: float) -> CachedResponse | None:
+        """The entry another process is filling, or None when it gave up or took too long."""
+        assert self.locks is not None
+        try:
+            raw = await self.locks.wait_for(key.key, seconds)
+        except Exception as exc:
+            self._failed("wait", key, exc)
+            return None
+        return None if raw is None else self._open(key, raw)
 
     async def get(self, key: EntryKey, *, max_age: float | None) -> CachedResponse | None:
         try:
