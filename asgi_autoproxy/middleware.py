@@ -33,7 +33,7 @@ from .asgi import (
     send_response,
 )
 from .clients import DEFAULT_TIMEOUT, SharedClients, default_client_factory
-from .dispatch import Dispatcher
+from .dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
 from .errors import (
     ProxyError,
     bad_request,
@@ -92,6 +92,10 @@ class AutoProxyMiddleware:
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         timeout: float | httpx.Timeout | None = None,
         http_client: httpx.AsyncClient | None = None,
+        load_balancing: LoadBalancing = "ordered",
+        weights: Mapping[str, float] | None = None,
+        retry: RetryPolicy | None = None,
+        cooldown: Cooldown | None = Cooldown(),  # noqa: B008 - frozen, safe to share
     ) -> None:
         if not path.startswith("/") or path.endswith("/"):
             raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
@@ -112,7 +116,14 @@ class AutoProxyMiddleware:
             client_timeout = timeout
         else:
             client_timeout = httpx.Timeout(timeout)
-        self._dispatcher = Dispatcher()
+        # Several providers for one model: balancing, failover, retries (dispatch.py).
+        self._dispatcher = Dispatcher(
+            load_balancing=load_balancing,
+            weights=weights,
+            retry=retry,
+            cooldown=cooldown,
+            provider_names=[p.name for p in self.router.providers],
+        )
         self._clients = SharedClients(
             client=http_client, factory=default_client_factory(client_timeout)
         )
@@ -179,6 +190,7 @@ class AutoProxyMiddleware:
                 stream=payload.get("stream") is True,
                 credential=credential,
                 request_id=call.request_id,
+                endpoint_name=get_header(scope["headers"], b"x-bt-endpoint-name"),
             )
             await self._proxy(call, candidates, request, receive, send)
         except ClientDisconnected:
@@ -229,6 +241,7 @@ class AutoProxyMiddleware:
         self, call: _Call, candidates: Sequence[Provider], request: UpstreamRequest, send: Send
     ) -> None:
         provider, response = await self._dispatcher.send(candidates, request, self._clients.get())
+        response.headers.append(("x-bt-used-endpoint", provider.name))
         try:
             if request.stream and response.status == 200 and response.is_event_stream:
                 await self._relay_stream(call, provider, response, send)
