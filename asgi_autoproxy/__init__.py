@@ -1,6 +1,7 @@
 """asgi_autoproxy: an OpenAI-compatible LLM proxy endpoint inside any ASGI app."""
 
 from .catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
+from .dispatch import Cooldown, LoadBalancing, RetryPolicy
 from .errors import ProxyError
 from .middleware import AutoProxyMiddleware
 from .providers import Endpoint, OpenAIProvider, Provider, UpstreamRequest, UpstreamResponse
@@ -10,12 +11,15 @@ __version__ = "0.1.0"
 __all__ = [
     "BUILTIN_CATALOG",
     "AutoProxyMiddleware",
+    "Cooldown",
     "Endpoint",
+    "LoadBalancing",
     "ModelCatalog",
     "ModelFlavor",
     "OpenAIProvider",
     "Provider",
     "ProxyError",
+    "RetryPolicy",
     "UpstreamRequest",
     "UpstreamResponse",
     "__version__",
