@@ -4,13 +4,23 @@ from .catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
 from .dispatch import Cooldown, LoadBalancing, RetryPolicy
 from .errors import ProxyError
 from .middleware import AutoProxyMiddleware
-from .providers import Endpoint, OpenAIProvider, Provider, UpstreamRequest, UpstreamResponse
+from .providers import (
+    AnthropicProvider,
+    AzureOpenAIProvider,
+    Endpoint,
+    OpenAIProvider,
+    Provider,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BUILTIN_CATALOG",
+    "AnthropicProvider",
     "AutoProxyMiddleware",
+    "AzureOpenAIProvider",
     "Cooldown",
     "Endpoint",
     "LoadBalancing",
