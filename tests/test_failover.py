@@ -496,3 +496,21 @@ async def test_used_endpoint_header_is_on_streams(
     response = await post(ordered, json=stream_body())
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["x-bt-used-endpoint"] == "a"
+
+
+async def test_failed_answers_release_their_connections(
+    proxy_factory: Any, urls: list[str], fleet: list[FakeUpstream]
+) -> None:
+    # One pooled connection: a failed answer left open would starve the next request.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    timeout = httpx.Timeout(5.0, pool=1.0)
+    fleet[0].overrides = {"status": 503}
+    async with (
+        httpx.AsyncClient(limits=limits, timeout=timeout) as shared,
+        proxy_factory(providers(urls[:2]), http_client=shared, cooldown=None) as http,
+    ):
+        statuses = [(await post(http)).status_code for _ in range(5)]
+        streamed = await post(http, json=stream_body())
+    assert statuses == [200] * 5
+    assert data_events(streamed.text)[-1] == "[DONE]"
+    assert calls(fleet) == [6, 6, 0]
