@@ -6,19 +6,32 @@ from .cache.policy import CacheDecision
 from .cache.redis import RedisCache  # imports redis only when a RedisCache is made
 from .cache.store import CacheStats
 from .catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
+from .dispatch import Cooldown, LoadBalancing, RetryPolicy
 from .errors import ProxyError
 from .middleware import AutoProxyMiddleware
-from .providers import Endpoint, OpenAIProvider, Provider, UpstreamRequest, UpstreamResponse
+from .providers import (
+    AnthropicProvider,
+    AzureOpenAIProvider,
+    Endpoint,
+    OpenAIProvider,
+    Provider,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BUILTIN_CATALOG",
+    "AnthropicProvider",
     "AutoProxyMiddleware",
+    "AzureOpenAIProvider",
     "CacheBackend",
     "CacheDecision",
     "CacheStats",
+    "Cooldown",
     "Endpoint",
+    "LoadBalancing",
     "MemoryCache",
     "MemoryCacheStats",
     "ModelCatalog",
@@ -27,6 +40,7 @@ __all__ = [
     "Provider",
     "ProxyError",
     "RedisCache",
+    "RetryPolicy",
     "SharedLockBackend",
     "UpstreamRequest",
     "UpstreamResponse",

@@ -2,31 +2,402 @@
 
 The middleware hands over the providers that serve the model, in configured order,
 and gets back the one that answered with its response. Load balancing, failover,
-retries and cool-down belong here, so the middleware stays plumbing.
+retries and cool-down live here, so the middleware stays plumbing.
+
+Rules, in short:
+
+- The order of attempts comes from ``load_balancing``: ``"ordered"`` (primary, then
+  fallbacks), ``"round_robin"`` or ``"weighted"`` (weighted random, no repeats).
+- Connection errors, timeouts, 429 and 5xx move on to the next provider; any other
+  status (2xx, 3xx, other 4xx) is the answer. A failed response's body is read,
+  bounded, and the connection released before the next attempt.
+- After every provider failed, ``RetryPolicy.max_retries`` further passes follow, each
+  after an exponential, jittered backoff, or the upstream's ``Retry-After`` up to a cap.
+  No attempt starts after the policy's ``deadline``.
+- A whole (non-streaming) answer is read here, so a connection lost mid-body fails over
+  too. A stream is returned after its first SSE data event: an upstream that answers
+  200 and then at once an error event still fails over. Once the middleware starts
+  relaying, nothing fails over any more: the caller may have seen bytes.
+- A provider that fails ``Cooldown.after_failures`` times in a row is tried last for
+  ``Cooldown.seconds``, so requests stop paying its timeout while healthy ones exist.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import email.utils
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
+import anyio
 import httpx
 
-from .errors import upstream_timeout, upstream_unreachable
+from .errors import ProxyError, bad_request
 from .providers.base import Provider, UpstreamRequest, UpstreamResponse
+from .sse import EventSplitter, event_data, is_error
+
+logger = logging.getLogger("asgi_autoproxy")
+
+LoadBalancing = Literal["ordered", "round_robin", "weighted"]
+_LOAD_BALANCING: frozenset[str] = frozenset(get_args(LoadBalancing))
+
+# A failed answer's body is kept for the caller if every provider fails; bigger ones are
+# cut, since error bodies are small and the connection must be drained anyway.
+_MAX_FAILED_BODY = 64 * 1024
+# How far to read into a stream looking for its first data event.
+_MAX_PEEK = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """When to try again after every candidate provider failed.
+
+    ``max_retries`` counts extra passes over the providers. It defaults to 0 because the
+    caller's SDK usually retries too, and retries on both sides multiply. Failover to
+    another provider needs no retries and is always on.
+    """
+
+    max_retries: int = 0
+    backoff: float = 0.5
+    """Seconds before the first retry; doubles for each later one, with full jitter."""
+    max_backoff: float = 8.0
+    max_retry_after: float = 30.0
+    """An upstream's ``Retry-After`` is honoured up to this many seconds."""
+    deadline: float = 60.0
+    """No new attempt starts this many seconds after the first one did."""
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError("RetryPolicy.max_retries must be 0 or more")
+        for name in ("backoff", "max_backoff", "max_retry_after", "deadline"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"RetryPolicy.{name} must be a finite number >= 0, got {value}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cooldown:
+    """Set aside a provider that keeps failing, so requests stop paying its timeout.
+
+    A cooled-down provider is still tried, last, when no other one is left. ``clock``
+    is injectable so tests need no sleeping.
+    """
+
+    after_failures: int = 3
+    seconds: float = 30.0
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.after_failures < 1:
+            raise ValueError("Cooldown.after_failures must be 1 or more")
+        if not (self.seconds >= 0 and math.isfinite(self.seconds)):
+            raise ValueError("Cooldown.seconds must be a finite number >= 0")
+
+
+@dataclass(slots=True)
+class _Health:
+    failures: int = 0
+    cooled_until: float = 0.0
+
+
+@dataclass(slots=True)
+class _Failure:
+    provider: Provider
+    reason: str
+    response: UpstreamResponse | None = None
+    timed_out: bool = False
+    retry_after: float | None = None
 
 
 class Dispatcher:
+    """Picks, tries and, when needed, replaces the provider for each request."""
+
+    def __init__(
+        self,
+        *,
+        load_balancing: LoadBalancing = "ordered",
+        weights: Mapping[str, float] | None = None,
+        retry: RetryPolicy | None = None,
+        cooldown: Cooldown | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        rng: random.Random | None = None,
+        provider_names: Sequence[str] | None = None,
+    ) -> None:
+        if load_balancing not in _LOAD_BALANCING:
+            raise ValueError(
+                f"load_balancing must be one of {sorted(_LOAD_BALANCING)}, got {load_balancing!r}"
+            )
+        self.load_balancing = load_balancing
+        self.weights = dict(weights or {})
+        for name, weight in self.weights.items():
+            if not (weight >= 0 and math.isfinite(weight)):
+                raise ValueError(f"weights[{name!r}] must be a finite number >= 0, got {weight}")
+        if provider_names is not None:
+            unknown = sorted(set(self.weights) - set(provider_names))
+            if unknown:
+                raise ValueError(
+                    f"weights names unknown providers {unknown}; known: {sorted(provider_names)}"
+                )
+        self.retry = retry or RetryPolicy()
+        self.cooldown = cooldown
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._turns: dict[tuple[str, ...], int] = {}
+        self._health: dict[str, _Health] = {}
+
+    # -- public -------------------------------------------------------------------------
+
     async def send(
         self,
         candidates: Sequence[Provider],
         request: UpstreamRequest,
         client: httpx.AsyncClient,
     ) -> tuple[Provider, UpstreamResponse]:
-        provider = candidates[0]
+        if request.endpoint_name is not None:
+            candidates = [_pinned(candidates, request)]
+        policy = self.retry
+        started = time.monotonic()
+        last: _Failure | None = None
+        tried: list[str] = []
+        for attempt_round in range(policy.max_retries + 1):
+            if attempt_round:
+                delay = self._delay(attempt_round, last)
+                if time.monotonic() + delay - started > policy.deadline:
+                    break
+                await self._sleep(delay)
+            for provider in self._order(candidates):
+                if (attempt_round or tried) and time.monotonic() - started > policy.deadline:
+                    break
+                outcome = await self._attempt(provider, request, client)
+                if isinstance(outcome, UpstreamResponse):
+                    self._succeeded(provider)
+                    return provider, outcome
+                self._failed(provider)
+                tried.append(f"{provider.name!r} ({outcome.reason})")
+                logger.warning(
+                    "provider %r failed for request %s: %s",
+                    provider.name,
+                    request.request_id,
+                    outcome.reason,
+                )
+                last = outcome
+        assert last is not None, "at least one attempt always runs"
+        if last.response is not None:
+            # The caller gets the last upstream's own error, status and body.
+            return last.provider, last.response
+        raise _all_failed(tried, timed_out=last.timed_out)
+
+    # -- one attempt --------------------------------------------------------------------
+
+    async def _attempt(
+        self, provider: Provider, request: UpstreamRequest, client: httpx.AsyncClient
+    ) -> UpstreamResponse | _Failure:
+        """The provider's usable answer, or why it failed in a way worth failing over."""
+        response: UpstreamResponse | None = None
         try:
             response = await provider.send(request, client)
+            if _should_fail_over(response.status):
+                return await _failed_response(provider, response)
+            if request.stream and response.status == 200 and response.is_event_stream:
+                return await _peeked(provider, response)
+            body = await response.read()
+            await response.aclose()
+            return UpstreamResponse.from_bytes(response.status, body, response.headers)
         except httpx.TimeoutException:
-            raise upstream_timeout(provider.name) from None
-        except httpx.TransportError:
-            raise upstream_unreachable(provider.name) from None
-        return provider, response
+            await _close_quietly(response)
+            return _Failure(provider, "timed out", timed_out=True)
+        except httpx.TransportError as exc:
+            await _close_quietly(response)
+            return _Failure(provider, f"connection failed: {type(exc).__name__}")
+        except BaseException:
+            await _close_quietly(response)
+            raise
+
+    # -- ordering and health --------------------------------------------------------------
+
+    def _order(self, candidates: Sequence[Provider]) -> list[Provider]:
+        if len(candidates) == 1:
+            return list(candidates)
+        if self.load_balancing == "round_robin":
+            key = tuple(p.name for p in candidates)
+            turn = self._turns.get(key, 0)
+            self._turns[key] = (turn + 1) % len(candidates)
+            ordered = [*candidates[turn:], *candidates[:turn]]
+        elif self.load_balancing == "weighted":
+            ordered = self._weighted_order(candidates)
+        else:
+            ordered = list(candidates)
+        if self.cooldown is None:
+            return ordered
+        now = self.cooldown.clock()
+        healthy = [p for p in ordered if not self._cooling(p, now)]
+        if len(healthy) == len(ordered):
+            return ordered
+        return healthy + [p for p in ordered if self._cooling(p, now)]
+
+    def _weighted_order(self, candidates: Sequence[Provider]) -> list[Provider]:
+        """A weighted random permutation: each next pick is proportional to weight.
+
+        Providers with weight 0 are stand-bys: only tried after all the others.
+        """
+
+        def sort_key(provider: Provider) -> float:
+            weight = self.weights.get(provider.name, 1.0)
+            if weight == 0:
+                return -math.inf
+            # Efraimidis-Spirakis: the largest u**(1/w) wins; logs keep it stable.
+            return math.log(self._rng.random() or 1e-300) / weight
+
+        return sorted(candidates, key=sort_key, reverse=True)
+
+    def _cooling(self, provider: Provider, now: float) -> bool:
+        health = self._health.get(provider.name)
+        return health is not None and health.cooled_until > now
+
+    def _succeeded(self, provider: Provider) -> None:
+        self._health.pop(provider.name, None)
+
+    def _failed(self, provider: Provider) -> None:
+        if self.cooldown is None:
+            return
+        health = self._health.setdefault(provider.name, _Health())
+        health.failures += 1
+        if health.failures >= self.cooldown.after_failures:
+            health.cooled_until = self.cooldown.clock() + self.cooldown.seconds
+            # One more failure after the pause cools it down again at once.
+            health.failures = self.cooldown.after_failures - 1
+            logger.warning(
+                "provider %r cooled down for %.0f s after repeated failures",
+                provider.name,
+                self.cooldown.seconds,
+            )
+
+    def _delay(self, attempt_round: int, last: _Failure | None) -> float:
+        policy = self.retry
+        ceiling = min(policy.max_backoff, policy.backoff * 2 ** (attempt_round - 1))
+        delay = self._rng.uniform(0, ceiling)
+        if last is not None and last.retry_after is not None:
+            delay = max(delay, min(last.retry_after, policy.max_retry_after))
+        return delay
+
+
+def _should_fail_over(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def _pinned(candidates: Sequence[Provider], request: UpstreamRequest) -> Provider:
+    for provider in candidates:
+        if provider.name == request.endpoint_name:
+            return provider
+    names = ", ".join(repr(p.name) for p in candidates)
+    raise bad_request(
+        f"No provider named {request.endpoint_name!r} serves model {request.model!r} on the "
+        f"{request.endpoint} endpoint; x-bt-endpoint-name must be one of: {names}.",
+        code="unknown_endpoint_name",
+    )
+
+
+async def _failed_response(provider: Provider, response: UpstreamResponse) -> _Failure:
+    """Drain (bounded) and close a 429/5xx answer, keeping it for the caller."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.chunks:
+            if size < _MAX_FAILED_BODY:
+                parts.append(chunk)
+            size += len(chunk)
+            if size >= _MAX_FAILED_BODY:
+                break
+    except httpx.TransportError:
+        pass  # the status already says it failed
+    finally:
+        await response.aclose()
+    body = b"".join(parts)[:_MAX_FAILED_BODY]
+    kept = UpstreamResponse.from_bytes(response.status, body, response.headers)
+    return _Failure(
+        provider,
+        f"HTTP {response.status}",
+        response=kept,
+        retry_after=_retry_after(response.headers),
+    )
+
+
+async def _peeked(provider: Provider, response: UpstreamResponse) -> UpstreamResponse | _Failure:
+    """Read up to the first SSE data event; an error there still allows failover."""
+    splitter = EventSplitter()
+    buffered: list[bytes] = []
+    size = 0
+    chunks = response.chunks
+    async for chunk in chunks:
+        buffered.append(chunk)
+        size += len(chunk)
+        first = next((e for e in splitter.feed(chunk) if event_data(e)), None)
+        if first is not None:
+            if is_error(first):
+                await response.aclose()
+                failure = UpstreamResponse.from_bytes(200, b"".join(buffered), response.headers)
+                return _Failure(provider, "error event before any data", response=failure)
+            break
+        if size > _MAX_PEEK:
+            break
+    return UpstreamResponse(
+        status=response.status,
+        headers=response.headers,
+        chunks=_replay(buffered, chunks),
+        aclose=response.aclose,
+    )
+
+
+async def _replay(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield b"".join(head)
+    async for chunk in rest:
+        yield chunk
+
+
+async def _close_quietly(response: UpstreamResponse | None) -> None:
+    if response is None:
+        return
+    with anyio.CancelScope(shield=True):
+        try:
+            await response.aclose()
+        except Exception:  # closing a broken connection may fail; it is gone either way
+            logger.debug("closing a failed upstream response raised", exc_info=True)
+
+
+def _retry_after(headers: Sequence[tuple[str, str]]) -> float | None:
+    for name, value in headers:
+        if name != "retry-after":
+            continue
+        value = value.strip()
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                return None
+            seconds = when.timestamp() - time.time()
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    return None
+
+
+def _all_failed(tried: list[str], *, timed_out: bool) -> ProxyError:
+    summary = "; ".join(tried)
+    if timed_out:
+        return ProxyError(
+            504,
+            f"No upstream answered in time. Tried: {summary}.",
+            type="upstream_error",
+            code="upstream_timeout",
+        )
+    return ProxyError(
+        502,
+        f"Could not reach any upstream. Tried: {summary}. Try again later.",
+        type="upstream_error",
+        code="upstream_unreachable",
+    )

@@ -38,7 +38,7 @@ from .cache.memory import MemoryCache
 from .cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL, CacheDecision, decide
 from .cache.store import CacheStats, ResponseCache
 from .clients import DEFAULT_TIMEOUT, SharedClients, default_client_factory
-from .dispatch import Dispatcher
+from .dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
 from .errors import (
     ProxyError,
     bad_request,
@@ -152,8 +152,8 @@ _DEFAULT = _Default()
 class AutoProxyMiddleware:
     """Serve ``POST {path}`` (and sibling OpenAI routes) inside any ASGI app.
 
-    ``providers`` are tried in order: the first whose model patterns match serves the
-    request. See the README for every keyword.
+    Every provider whose model patterns match is a candidate; ``load_balancing`` orders
+    them and the rest serve as fallbacks. See the README for every keyword.
     """
 
     def __init__(
@@ -173,6 +173,10 @@ class AutoProxyMiddleware:
         share_cache_across_callers: bool = False,
         cache_clock: Callable[[], float] = time.time,
         coalesce_timeout: float = 60.0,
+        load_balancing: LoadBalancing = "ordered",
+        weights: Mapping[str, float] | None = None,
+        retry: RetryPolicy | None = None,
+        cooldown: Cooldown | None = Cooldown(),  # noqa: B008 - frozen, safe to share
     ) -> None:
         if not path.startswith("/") or path.endswith("/"):
             raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
@@ -207,7 +211,14 @@ class AutoProxyMiddleware:
             raise ValueError("coalesce_timeout must be a positive number of seconds")
         self._coalesce_timeout = coalesce_timeout
         self._flights: dict[str, Flight] = {}
-        self._dispatcher = Dispatcher()
+        # Several providers for one model: balancing, failover, retries (dispatch.py).
+        self._dispatcher = Dispatcher(
+            load_balancing=load_balancing,
+            weights=weights,
+            retry=retry,
+            cooldown=cooldown,
+            provider_names=[p.name for p in self.router.providers],
+        )
         self._clients = SharedClients(
             client=http_client, factory=default_client_factory(client_timeout)
         )
@@ -283,6 +294,7 @@ class AutoProxyMiddleware:
                 stream=payload.get("stream") is True,
                 credential=credential,
                 request_id=call.request_id,
+                endpoint_name=get_header(scope["headers"], b"x-bt-endpoint-name"),
             )
             plan = self._cache_plan(scope, request, candidates)
             await self._answer(call, candidates, request, plan, receive)
@@ -312,7 +324,8 @@ class AutoProxyMiddleware:
         caller = SHARED_CALLER if self._share_cache else caller_identity(request.credential)
         key = entry_key(
             endpoint=request.endpoint,
-            providers=",".join(p.name for p in candidates),
+            # A pinned provider answers alone, so it must not share the group's entries.
+            providers=request.endpoint_name or ",".join(p.name for p in candidates),
             caller=caller,
             payload=request.payload,
         )
@@ -427,6 +440,7 @@ class AutoProxyMiddleware:
         flight: Flight | None,
     ) -> None:
         provider, response = await self._dispatcher.send(candidates, request, self._clients.get())
+        response.headers.append(("x-bt-used-endpoint", provider.name))
         try:
             if request.stream and response.status == 200 and response.is_event_stream:
                 await self._relay_stream(call, provider, response, plan, flight)

@@ -58,6 +58,19 @@ class ModelRouter:
         """Providers that serve ``model`` on ``endpoint``, in configured order."""
         found = [p for p in self.providers if endpoint in p.endpoints and p.serves(model)]
         if not found:
+            elsewhere = sorted({p.name for p in self.providers if p.serves(model)})
+            if elsewhere:
+                other = (
+                    "chat/completions with `messages`"
+                    if endpoint == "completion"
+                    else "completions with a `prompt`"
+                )
+                raise bad_request(
+                    f"Model {model!r} is served by {elsewhere}, which do not support the "
+                    f"{endpoint} endpoint; send the request to {other}.",
+                    param="model",
+                    code="endpoint_not_supported",
+                )
             raise bad_request(
                 f"No provider is configured for model {model!r} on the {endpoint} endpoint.",
                 param="model",

@@ -7,6 +7,9 @@ unchanged like any provider-specific field:
     {"fake": {"chunks": 5, "delay": 0.01, "status": 500, "gate": true, "no_done": true,
               "error_event_after": 2, "body": "raw text", "headers": {"x": "y"},
               "sleep": 1.0}}
+
+``overrides`` on the instance are merged over ``fake`` for every request, so one of
+several upstreams can fail while the others answer the same body normally.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ class FakeUpstream:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _gate: asyncio.Event | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def reset(self) -> None:
         with self._lock:
+            self.overrides = {}
             self.requests.clear()
             self.disconnects = 0
             self.completed_streams = 0
@@ -93,7 +98,7 @@ class FakeUpstream:
         except ValueError:
             await _send_json(send, 400, {"error": {"message": "bad json", "type": "x"}})
             return
-        fake = payload.get("fake") or {}
+        fake = {**(payload.get("fake") or {}), **self.overrides}
         if fake.get("sleep"):
             await asyncio.sleep(fake["sleep"])
         headers = [

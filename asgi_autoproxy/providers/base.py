@@ -30,6 +30,8 @@ class UpstreamRequest:
     """The caller's own API key, for providers that hold none of their own."""
     request_id: str
     extra: dict[str, Any] = field(default_factory=dict)
+    endpoint_name: str | None = None
+    """The provider the caller asked for by name (``x-bt-endpoint-name``), if any."""
 
 
 @dataclass(slots=True)

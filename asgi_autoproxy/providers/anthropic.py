@@ -1,0 +1,184 @@
+"""A provider for Anthropic's Messages API, behind an OpenAI chat interface."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import httpx
+
+from .. import _json
+from ..headers import filter_upstream_headers
+from ..sse import EventSplitter, event_data, event_name
+from .anthropic_request import DEFAULT_MAX_TOKENS, to_messages_request
+from .anthropic_response import StreamTranslator, chat_completion, openai_error
+from .base import Endpoint, ModelPatterns, UpstreamRequest, UpstreamResponse
+
+ANTHROPIC_VERSION = "2023-06-01"
+"""Pinned: newer API versions drop ``temperature`` and ``top_p``, which callers send."""
+
+_JSON = ("content-type", "application/json")
+_EVENT_STREAM = ("content-type", "text/event-stream")
+
+
+class AnthropicProvider:
+    """Serves OpenAI chat requests from ``{base_url}/v1/messages``, translating both ways.
+
+    Chat only: a completion-flavour request routed here gets a 400. With ``api_key=None``
+    the caller's own key goes upstream as ``x-api-key``.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str = "https://api.anthropic.com",
+        models: Sequence[str] = ("claude-*",),
+        name: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        anthropic_version: str = ANTHROPIC_VERSION,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
+        if default_max_tokens < 1:
+            raise ValueError("default_max_tokens must be a positive number of tokens")
+        self.base_url = base_url.rstrip("/")
+        self._url = httpx.URL(f"{self.base_url}/v1/messages")
+        self._api_key = api_key or None
+        self._patterns = ModelPatterns(models)
+        self._name = name or parts.netloc
+        self._default_max_tokens = default_max_tokens
+        self._static_headers = {k.lower(): v for k, v in (headers or {}).items()}
+        self._version = anthropic_version
+
+    def __repr__(self) -> str:
+        key = "server-side" if self._api_key else "pass-through"
+        return f"AnthropicProvider(name={self._name!r}, base_url={self.base_url!r}, key={key})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def models(self) -> Sequence[str]:
+        return self._patterns.patterns
+
+    @property
+    def endpoints(self) -> frozenset[Endpoint]:
+        return frozenset({"chat"})
+
+    @property
+    def needs_caller_credential(self) -> bool:
+        return self._api_key is None
+
+    def serves(self, model: str) -> bool:
+        return self._patterns(model)
+
+    async def send(self, request: UpstreamRequest, client: httpx.AsyncClient) -> UpstreamResponse:
+        translated = to_messages_request(
+            request.payload, default_max_tokens=self._default_max_tokens
+        )
+        headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if request.stream else "application/json",
+            **self._static_headers,
+            "anthropic-version": self._version,
+        }
+        key = self._api_key or request.credential
+        if key:
+            headers["x-api-key"] = key
+        upstream = client.build_request(
+            "POST", self._url, content=_json.dumps(translated.body), headers=headers
+        )
+        response = await client.send(upstream, stream=True)
+        passed = [
+            (k, v)
+            for k, v in filter_upstream_headers(response.headers.multi_items())
+            if k != "content-type"
+        ]
+        created = int(time.time())
+        streaming = response.headers.get("content-type", "").startswith("text/event-stream")
+        if response.status_code == 200 and request.stream and streaming:
+            translator = StreamTranslator(
+                model=request.model, json_tool=translated.json_tool, created=created
+            )
+            return UpstreamResponse(
+                status=200,
+                headers=[*passed, _EVENT_STREAM],
+                chunks=_translated_events(response, translator),
+                aclose=response.aclose,
+            )
+        try:
+            raw = await response.aread()
+        finally:
+            await response.aclose()
+        if response.status_code != 200:
+            error = openai_error(response.status_code, raw)
+            return UpstreamResponse.from_bytes(
+                response.status_code, _json.dumps(error), [*passed, _JSON]
+            )
+        try:
+            message = _json.loads(raw)
+            if not isinstance(message, dict):
+                raise ValueError("not a message object")
+            body = chat_completion(message, json_tool=translated.json_tool, created=created)
+        except (*_json.JSONDecodeError, AttributeError, TypeError):
+            error = openai_error(502, b"")
+            error["error"]["message"] = "Anthropic answered with a body that is not a message."
+            return UpstreamResponse.from_bytes(502, _json.dumps(error), [*passed, _JSON])
+        if request.stream:
+            # Asked for a stream, got a whole message: answer as a one-chunk stream.
+            return _as_stream(body, passed)
+        return UpstreamResponse.from_bytes(200, body, [*passed, _JSON])
+
+
+async def _translated_events(
+    response: httpx.Response, translator: StreamTranslator
+) -> AsyncIterator[bytes]:
+    splitter = EventSplitter()
+    async for chunk in response.aiter_bytes():
+        out: list[bytes] = []
+        for event in splitter.feed(chunk):
+            data = event_data(event)
+            if not data:
+                continue
+            try:
+                parsed = _json.loads(data)
+            except _json.JSONDecodeError:
+                continue
+            if not isinstance(parsed, dict):
+                continue
+            name = event_name(event)
+            if name is not None and "type" not in parsed:
+                parsed["type"] = name.decode("latin-1")
+            out.append(translator.feed(parsed))
+            if translator.finished:
+                break
+        if out:
+            yield b"".join(out)
+        if translator.finished:
+            return
+
+
+def _as_stream(completion: bytes, headers: list[tuple[str, str]]) -> UpstreamResponse:
+    whole = _json.loads(completion)
+    choice = whole["choices"][0]
+    for position, call in enumerate(choice["message"].get("tool_calls", [])):
+        call["index"] = position  # chunks' tool calls carry an index
+    chunk = {
+        **{k: whole[k] for k in ("id", "created", "model", "usage")},
+        "object": "chat.completion.chunk",
+        "choices": [
+            {
+                "index": 0,
+                "delta": choice["message"],
+                "finish_reason": choice["finish_reason"],
+                "logprobs": None,
+            }
+        ],
+    }
+    body = b"data: " + _json.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
+    return UpstreamResponse.from_bytes(200, body, [*headers, _EVENT_STREAM])

@@ -1,0 +1,219 @@
+"""A fake Anthropic Messages API: a raw ASGI app, served for real on 127.0.0.1.
+
+It records every request and answers in Anthropic's wire shapes, whole or as the
+named SSE events the real API sends (with ``ping``s in between). A test picks the
+answer by setting ``scenario``:
+
+- ``text``: a text answer; ``stop_sequence``/``max_tokens`` change the stop reason;
+- ``tools``: text, then two tool calls whose arguments stream as ``input_json_delta``;
+- ``json``: the forced ``response_format`` tool answers;
+- ``cache``: usage with cache reads and writes;
+- ``error_mid_stream``: an ``error`` event after some text (status 200);
+- ``cut``: the stream stops without ``message_stop``;
+- ``overloaded`` (529), ``invalid`` (400), ``rate_limited`` (429), ``html`` (500 non-JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.fake_upstream import RecordedRequest
+
+MESSAGE_ID = "msg_01XFDUDYJgAACzvnptvVoYEL"
+TOOL_CALLS = [
+    ("toolu_01A09q90qw90lq917835lq9", "get_weather", ['{"city": "Pa', 'ris", "unit": "c"}']),
+    ("toolu_01B12r34st56uv789wxyz01", "get_time", ["", '{"zone": ', '"CET"}']),
+]
+_ERRORS = {
+    "overloaded": (529, "overloaded_error", "Overloaded"),
+    "invalid": (400, "invalid_request_error", "messages: roles must alternate"),
+    "rate_limited": (429, "rate_limit_error", "Number of requests has exceeded your limit"),
+}
+
+
+@dataclass
+class FakeAnthropic:
+    requests: list[RecordedRequest] = field(default_factory=list)
+    scenario: str = "text"
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.scenario = "text"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        header_list = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        with self._lock:
+            self.requests.append(
+                RecordedRequest(
+                    method=scope["method"],
+                    path=scope["path"],
+                    query=scope["query_string"].decode(),
+                    headers=dict(header_list),
+                    header_list=header_list,
+                    body=body,
+                )
+            )
+        payload = json.loads(body)
+        scenario = self.scenario
+        headers = [("request-id", "req_011CS"), ("anthropic-ratelimit-requests-remaining", "49")]
+        if scenario in _ERRORS:
+            status, kind, text = _ERRORS[scenario]
+            error = {"type": "error", "error": {"type": kind, "message": text}}
+            await _send(send, status, json.dumps(error).encode(), "application/json", headers)
+            return
+        if scenario == "html":
+            await _send(send, 500, b"<html>oops</html>", "text/html", headers)
+            return
+        if not payload.get("stream"):
+            answer = json.dumps(_message(payload, scenario)).encode()
+            await _send(send, 200, answer, "application/json", headers)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": _encode([("content-type", "text/event-stream"), *headers]),
+            }
+        )
+        for event in _events(payload, scenario):
+            data = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _usage(scenario: str) -> dict[str, Any]:
+    usage: dict[str, Any] = {"input_tokens": 25, "output_tokens": 12}
+    if scenario == "cache":
+        usage.update(cache_read_input_tokens=100, cache_creation_input_tokens=40)
+    return usage
+
+
+def _stop_reason(scenario: str) -> str:
+    return {
+        "tools": "tool_use",
+        "json": "tool_use",
+        "stop_sequence": "stop_sequence",
+        "max_tokens": "max_tokens",
+    }.get(scenario, "end_turn")
+
+
+def _blocks(payload: dict[str, Any], scenario: str) -> list[dict[str, Any]]:
+    if scenario == "json":
+        name = payload["tool_choice"]["name"]
+        return [{"type": "tool_use", "id": "toolu_json", "name": name, "input": {"answer": 42}}]
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": "Hello from Claude."}]
+    if scenario == "tools":
+        for call_id, name, parts in TOOL_CALLS:
+            arguments = json.loads("".join(parts))
+            blocks.append({"type": "tool_use", "id": call_id, "name": name, "input": arguments})
+    return blocks
+
+
+def _message(payload: dict[str, Any], scenario: str) -> dict[str, Any]:
+    return {
+        "id": MESSAGE_ID,
+        "type": "message",
+        "role": "assistant",
+        "model": payload["model"],
+        "content": _blocks(payload, scenario),
+        "stop_reason": _stop_reason(scenario),
+        "stop_sequence": "###" if scenario == "stop_sequence" else None,
+        "usage": _usage(scenario),
+    }
+
+
+def _events(payload: dict[str, Any], scenario: str) -> list[dict[str, Any]]:
+    usage = _usage(scenario)
+    start = {
+        **_message(payload, scenario),
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 1},
+    }
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": start},
+        {"type": "ping"},
+    ]
+    for index, block in enumerate(_blocks(payload, scenario)):
+        if block["type"] == "text":
+            events.append(
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "text", "text": ""},
+                }
+            )
+            for piece in ("Hello", " from", " Claude."):
+                events.append(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "text_delta", "text": piece},
+                    }
+                )
+                if scenario == "error_mid_stream" and piece == " from":
+                    events.append(
+                        {
+                            "type": "error",
+                            "error": {"type": "overloaded_error", "message": "Overloaded"},
+                        }
+                    )
+                    return events
+        else:
+            parts = next((p for i, _, p in TOOL_CALLS if i == block["id"]), None)
+            if parts is None:
+                parts = [json.dumps(block["input"])[:5], json.dumps(block["input"])[5:]]
+            events.append(
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {**block, "input": {}},
+                }
+            )
+            events.append({"type": "ping"})
+            for part in parts:
+                events.append(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": part},
+                    }
+                )
+        events.append({"type": "content_block_stop", "index": index})
+    if scenario == "cut":
+        return events
+    events.append(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": _stop_reason(scenario), "stop_sequence": None},
+            "usage": {"output_tokens": usage["output_tokens"]},
+        }
+    )
+    events.append({"type": "message_stop"})
+    return events
+
+
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v.encode()) for k, v in headers]
+
+
+async def _send(
+    send: Any, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]]
+) -> None:
+    all_headers = [("content-type", content_type), ("content-length", str(len(body))), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": _encode(all_headers)})
+    await send({"type": "http.response.body", "body": body})
