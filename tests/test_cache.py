@@ -504,3 +504,24 @@ async def test_stats_count_hits_and_misses(
     assert isinstance(proxy.cache, MemoryCache)
     assert proxy.cache.stats.entries == 1
     assert json.loads((await post(proxy, chat_body(temperature=0))).content)["object"]
+
+
+async def test_pinned_endpoint_does_not_share_the_groups_entries(
+    make_proxy: MakeProxy, upstream: FakeUpstream, upstream_url: str
+) -> None:
+    from asgi_autoproxy import OpenAIProvider
+
+    app = make_proxy(
+        providers=[
+            OpenAIProvider(base_url=upstream_url, name="first"),
+            OpenAIProvider(base_url=upstream_url, name="second"),
+        ]
+    )
+    group = await post(app, chat_body(temperature=0))
+    pinned = await post(app, chat_body(temperature=0), {"x-bt-endpoint-name": "second"})
+    pinned_again = await post(app, chat_body(temperature=0), {"x-bt-endpoint-name": "second"})
+    assert group.headers["x-bt-used-endpoint"] == "first"
+    assert pinned.headers["x-bt-cached"] == "MISS"
+    assert pinned.headers["x-bt-used-endpoint"] == "second"
+    assert pinned_again.headers["x-bt-cached"] == "HIT"
+    assert upstream.calls == 2
