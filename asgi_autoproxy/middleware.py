@@ -217,7 +217,9 @@ class AutoProxyMiddleware:
             max_concurrent_upstream=max_concurrent_upstream,
             rate_limit=rate_limit,
         )
-        self._secrets = tuple({s for p in self.router.providers for s in provider_secrets(p)})
+        # Longest first, so a key that contains another is replaced whole.
+        found = {s for p in self.router.providers for s in provider_secrets(p)}
+        self._secrets = tuple(sorted(found, key=len, reverse=True))
         self._routes: dict[str, RouteKind] = {path: "auto"}
         if sibling_routes:
             prefix = path.rsplit("/", 1)[0]

@@ -6,7 +6,11 @@ unchanged like any provider-specific field:
 
     {"fake": {"chunks": 5, "delay": 0.01, "status": 500, "gate": true, "no_done": true,
               "error_event_after": 2, "body": "raw text", "headers": {"x": "y"},
-              "sleep": 1.0}}
+              "sleep": 1.0, "echo_auth": true}}
+
+``echo_auth`` puts the received Authorization header into the error message, as
+careless upstreams do. Odd bodies (wrong types anywhere) get a plain answer, never a
+crash, so fuzz tests can blame the proxy alone.
 """
 
 from __future__ import annotations
@@ -90,7 +94,12 @@ class FakeUpstream:
         except ValueError:
             await _send_json(send, 400, {"error": {"message": "bad json", "type": "x"}})
             return
-        fake = payload.get("fake") or {}
+        if not isinstance(payload, dict):
+            await _send_json(send, 400, {"error": {"message": "not an object", "type": "x"}})
+            return
+        fake = payload.get("fake")
+        if not isinstance(fake, dict):
+            fake = {}
         if fake.get("sleep"):
             await asyncio.sleep(fake["sleep"])
         headers = [
@@ -107,7 +116,10 @@ class FakeUpstream:
             await _send_raw(send, status, fake["body"].encode(), "text/plain", headers)
             return
         if status != 200:
-            error = {"error": {"message": f"upstream says {status}", "type": "fake", "code": None}}
+            message = f"upstream says {status}"
+            if fake.get("echo_auth"):
+                message += f"; bad key: {recorded.headers.get('authorization')}"
+            error = {"error": {"message": message, "type": "fake", "code": None}}
             await _send_json(send, status, error, headers)
             return
         chat = path.endswith("/chat/completions")
@@ -197,7 +209,9 @@ def _completion(payload: dict[str, Any], chat: bool, number: int) -> dict[str, A
     model = payload.get("model")
     usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
     if chat:
-        last = (payload.get("messages") or [{}])[-1].get("content", "")
+        messages = payload.get("messages")
+        last_message = messages[-1] if isinstance(messages, list) and messages else {}
+        last = last_message.get("content", "") if isinstance(last_message, dict) else ""
         return {
             "id": f"chatcmpl-{number}",
             "object": "chat.completion",
