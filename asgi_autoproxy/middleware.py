@@ -510,6 +510,8 @@ class AutoProxyMiddleware:
                 events = splitter.feed(chunk)
                 if not events:
                     continue
+                if self._secrets:  # whole events, so a key never straddles two pieces
+                    events = [scrub(event, self._secrets) for event in events]
                 for event in events:
                     if is_done(event):
                         finished = True

@@ -124,7 +124,8 @@ class FakeUpstream:
             return
         chat = path.endswith("/chat/completions")
         if payload.get("stream"):
-            await self._stream(payload, fake, chat, number, headers, receive, send)
+            auth = recorded.headers.get("authorization", "")
+            await self._stream(payload, fake, chat, number, headers, receive, send, auth)
             return
         await _send_json(send, 200, _completion(payload, chat, number), headers)
 
@@ -137,6 +138,7 @@ class FakeUpstream:
         headers: list[tuple[str, str]],
         receive: Any,
         send: Any,
+        recorded_auth: str = "",
     ) -> None:
         chunks = int(fake.get("chunks", 3))
         delay = float(fake.get("delay", 0))
@@ -164,7 +166,10 @@ class FakeUpstream:
         try:
             for index in range(chunks):
                 if index == fake.get("error_event_after"):
-                    error = {"error": {"message": "overloaded mid-stream", "type": "server_error"}}
+                    message = "overloaded mid-stream"
+                    if fake.get("echo_auth"):
+                        message += f"; key was {recorded_auth}"
+                    error = {"error": {"message": message, "type": "server_error"}}
                     await _send_event(send, error)
                     break
                 chunk = _chunk(payload, chat, number, index, chunks)
