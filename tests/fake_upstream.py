@@ -54,6 +54,10 @@ class FakeUpstream:
             self.completed_streams = 0
             self.chunks_sent = 0
 
+    def __repr__(self) -> str:
+        # Short: Hypothesis prints fixtures, and the recorded requests grow large.
+        return f"FakeUpstream(calls={self.calls})"
+
     @property
     def calls(self) -> int:
         return len(self.requests)

@@ -504,3 +504,27 @@ async def test_stats_count_hits_and_misses(
     assert isinstance(proxy.cache, MemoryCache)
     assert proxy.cache.stats.entries == 1
     assert json.loads((await post(proxy, chat_body(temperature=0))).content)["object"]
+
+
+@pytest.mark.parametrize("sent", ["inf", "-inf", "nan", "1e999"])
+async def test_non_finite_ttl_header_is_400(
+    proxy: AutoProxyMiddleware, upstream: FakeUpstream, sent: str
+) -> None:
+    response = await post(proxy, chat_body(temperature=0), {"x-bt-cache-ttl": sent})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "x-bt-cache-ttl"
+
+
+async def test_non_ascii_digits_in_max_age_are_ignored(
+    proxy: AutoProxyMiddleware, upstream: FakeUpstream
+) -> None:
+    """Latin-1 "²" passes str.isdigit() but not int(); the directive is ignored."""
+    await post(proxy, chat_body(temperature=0))
+    async with http_client(proxy) as http:
+        response = await http.post(
+            "/v1/proxy/auto",
+            json=chat_body(temperature=0),
+            headers={"cache-control": "max-age=\u00b2".encode("latin-1")},
+        )
+    assert response.status_code == 200
+    assert response.headers["x-bt-cached"] == "HIT"
