@@ -64,7 +64,8 @@ def _proxy_responses() -> dict[str, Any]:
             },
             "content": {
                 _JSON: {"schema": {"type": "object"}},
-                _SSE: {"schema": {"type": "string"}},
+                # Before OpenAPI 3.2 an event-stream's schema describes each event.
+                _SSE: {"schema": _ref("ServerSentEvent")},
             },
         },
         "400": _error("Malformed body, unknown model or nesting too deep."),
@@ -223,6 +224,19 @@ def _components() -> dict[str, Any]:
                             {"type": "array", "items": {"type": "string"}},
                         ]
                     },
+                },
+            },
+            "ServerSentEvent": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "data": {
+                        "type": "string",
+                        "description": "A JSON chunk, an error object, or [DONE] at the end.",
+                    },
+                    "event": {"type": "string"},
+                    "id": {"type": "string"},
+                    "retry": {"type": "integer"},
                 },
             },
             "AutoRequest": {"anyOf": [_ref("ChatRequest"), _ref("CompletionRequest")]},
