@@ -1,5 +1,6 @@
 """asgi_autoproxy: an OpenAI-compatible LLM proxy endpoint inside any ASGI app."""
 
+from .auth import Authenticate
 from .cache.base import CacheBackend, SharedLockBackend
 from .cache.memory import MemoryCache, MemoryCacheStats
 from .cache.policy import CacheDecision
@@ -8,7 +9,9 @@ from .cache.store import CacheStats
 from .catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
 from .dispatch import Cooldown, LoadBalancing, RetryPolicy
 from .errors import ProxyError
+from .limits import RateLimit
 from .middleware import AutoProxyMiddleware
+from .openapi import openapi_document
 from .providers import (
     AnthropicProvider,
     AzureOpenAIProvider,
@@ -24,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BUILTIN_CATALOG",
     "AnthropicProvider",
+    "Authenticate",
     "AutoProxyMiddleware",
     "AzureOpenAIProvider",
     "CacheBackend",
@@ -39,10 +43,12 @@ __all__ = [
     "OpenAIProvider",
     "Provider",
     "ProxyError",
+    "RateLimit",
     "RedisCache",
     "RetryPolicy",
     "SharedLockBackend",
     "UpstreamRequest",
     "UpstreamResponse",
     "__version__",
+    "openapi_document",
 ]

@@ -31,7 +31,10 @@ if _orjson is not None:
 else:  # pragma: no cover
 
     def loads(data: bytes) -> Any:
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except RecursionError:  # orjson's own limit reads the same, so callers see one error
+            raise ValueError("depth limit exceeded") from None
 
     def dumps(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import logging
 import os
 import sys
@@ -120,6 +121,14 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "(env AUTOPROXY_PASS_THROUGH=1). Without OPENAI_API_KEY this is always the case.",
     )
     parser.add_argument(
+        "--allow-anonymous",
+        action=argparse.BooleanOptionalAction,
+        default=_env_flag(env, "AUTOPROXY_ALLOW_ANONYMOUS"),
+        help="with a server-side OPENAI_API_KEY, serve callers without checking any key "
+        "(only for a proxy nobody else can reach); otherwise set AUTOPROXY_CLIENT_KEYS "
+        "(env AUTOPROXY_ALLOW_ANONYMOUS=1)",
+    )
+    parser.add_argument(
         "--path",
         default=env.get("AUTOPROXY_PATH", "/v1/proxy/auto"),
         help="path of the /auto endpoint; its siblings sit beside it "
@@ -143,7 +152,22 @@ def build_app(
     env = os.environ if environ is None else environ
     api_key = None if _pass_through(args, env) else env["OPENAI_API_KEY"]
     provider = OpenAIProvider(base_url=args.openai_base_url, api_key=api_key, name="openai")
-    return AutoProxyMiddleware(standalone_app(args.path), providers=[provider], path=args.path)
+    return AutoProxyMiddleware(
+        standalone_app(args.path),
+        providers=[provider],
+        path=args.path,
+        api_keys=client_keys(env.get("AUTOPROXY_CLIENT_KEYS")),
+        allow_anonymous=bool(args.allow_anonymous),
+    )
+
+
+def client_keys(raw: str | None) -> dict[str, str] | None:
+    """``AUTOPROXY_CLIENT_KEYS``: comma-separated keys callers may use. Each caller id is
+    a short hash of its key, so ids stay stable when the list is reordered."""
+    keys = [key.strip() for key in (raw or "").split(",") if key.strip()]
+    if not keys:
+        return None
+    return {key: "client-" + hashlib.sha256(key.encode()).hexdigest()[:12] for key in keys}
 
 
 def _pass_through(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
@@ -174,7 +198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         app = build_app(args)
     except (ValueError, TypeError) as error:
-        parser.error(str(error))
+        advice = ""
+        if not _pass_through(args, os.environ):
+            advice = (
+                "\nWith OPENAI_API_KEY set, list the keys callers may use in "
+                "AUTOPROXY_CLIENT_KEYS (comma-separated), or pass --allow-anonymous."
+            )
+        print(f"{parser.prog}: error: {error}{advice}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         app,
         host=args.host,

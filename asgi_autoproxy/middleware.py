@@ -30,10 +30,11 @@ from .asgi import (
     read_body,
     route_path,
 )
+from .auth import Authenticate, CallerAuth
 from .cache.base import CacheBackend
 from .cache.entry import CachedResponse
 from .cache.flight import Flight
-from .cache.keys import SHARED_CALLER, EntryKey, caller_identity, entry_key
+from .cache.keys import SHARED_CALLER, EntryKey, entry_key
 from .cache.memory import MemoryCache
 from .cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL, CacheDecision, decide
 from .cache.store import CacheStats, ResponseCache
@@ -48,8 +49,20 @@ from .errors import (
     upstream_timeout,
     upstream_unreachable,
 )
-from .headers import caller_credential, get_header
+from .headers import get_header
+from .limits import (
+    DEFAULT_MAX_CONCURRENT_UPSTREAM,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_COUNT,
+    DEFAULT_MAX_JSON_DEPTH,
+    RateLimit,
+    RequestLimits,
+    check_json_depth,
+    exceeds_parser_depth,
+    too_deep,
+)
 from .providers.base import Endpoint, Provider, UpstreamRequest, UpstreamResponse
+from .redact import provider_secrets, scrub
 from .routing import ModelRouter
 from .sse import EventSplitter, error_event, is_done, is_error
 
@@ -92,6 +105,8 @@ class _Call:
 
     request_id: str
     send: Send
+    caller_id: str | None = None
+    """Who asked, once authenticated (an id, never the credential); for logs and hooks."""
     started: bool = False
     connected: bool = True
     on_gone: Callable[[], None] = _ignore
@@ -177,6 +192,14 @@ class AutoProxyMiddleware:
         weights: Mapping[str, float] | None = None,
         retry: RetryPolicy | None = None,
         cooldown: Cooldown | None = Cooldown(),  # noqa: B008 - frozen, safe to share
+        authenticate: Authenticate | None = None,
+        api_keys: Mapping[str, str] | None = None,
+        allow_anonymous: bool = False,
+        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+        max_concurrent_upstream: int | None = DEFAULT_MAX_CONCURRENT_UPSTREAM,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         if not path.startswith("/") or path.endswith("/"):
             raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
@@ -185,6 +208,23 @@ class AutoProxyMiddleware:
         self.app = app
         self.router = ModelRouter(providers, model_catalog)
         self.max_body_size = max_body_size
+        # Auth and limits live in their own modules; both validate here, at start-up.
+        self._auth = CallerAuth(
+            self.router.providers,
+            authenticate=authenticate,
+            api_keys=api_keys,
+            allow_anonymous=allow_anonymous,
+        )
+        self._limits = RequestLimits(
+            max_header_count=max_header_count,
+            max_header_bytes=max_header_bytes,
+            max_json_depth=max_json_depth,
+            max_concurrent_upstream=max_concurrent_upstream,
+            rate_limit=rate_limit,
+        )
+        # Longest first, so a key that contains another is replaced whole.
+        found = {s for p in self.router.providers for s in provider_secrets(p)}
+        self._secrets = tuple(sorted(found, key=len, reverse=True))
         self._routes: dict[str, RouteKind] = {path: "auto"}
         if sibling_routes:
             prefix = path.rsplit("/", 1)[0]
@@ -270,17 +310,21 @@ class AutoProxyMiddleware:
                     code="method_not_allowed",
                     headers=[("allow", _ROUTE_METHODS[route])],
                 )
+            self._limits.check_headers(scope["headers"])
+            caller = await self._auth.identify(scope)
+            call.caller_id = caller.id
+            self._limits.check_rate(caller.id)
             if route == "models":
                 await self._send_json(call, 200, _json.dumps(self._models_body()))
                 return
             body = await read_body(scope, receive, self.max_body_size)
-            payload = _parse_payload(body)
+            payload = _parse_payload(body, self._limits.max_json_depth)
             model = payload["model"]
             endpoint: Endpoint = (
                 self.router.auto_endpoint(model, payload) if route == "auto" else route
             )
             candidates = self.router.candidates(model, endpoint)
-            credential = caller_credential(scope["headers"])
+            credential = caller.credential
             if credential is None and any(p.needs_caller_credential for p in candidates):
                 raise unauthorized(
                     "Missing API key: send 'Authorization: Bearer <key>'; "
@@ -296,7 +340,7 @@ class AutoProxyMiddleware:
                 request_id=call.request_id,
                 endpoint_name=get_header(scope["headers"], b"x-bt-endpoint-name"),
             )
-            plan = self._cache_plan(scope, request, candidates)
+            plan = self._cache_plan(scope, request, candidates, caller.cache_scope)
             await self._answer(call, candidates, request, plan, receive)
         except ClientDisconnected:
             return
@@ -307,7 +351,11 @@ class AutoProxyMiddleware:
             await self._send_error(call, internal_error())
 
     def _cache_plan(
-        self, scope: Scope, request: UpstreamRequest, candidates: Sequence[Provider]
+        self,
+        scope: Scope,
+        request: UpstreamRequest,
+        candidates: Sequence[Provider],
+        caller_scope: str,
     ) -> _CachePlan | None:
         if self._cache is None:
             return None
@@ -321,7 +369,7 @@ class AutoProxyMiddleware:
         )
         if not (decision.read or decision.write):
             return None
-        caller = SHARED_CALLER if self._share_cache else caller_identity(request.credential)
+        caller = SHARED_CALLER if self._share_cache else caller_scope
         key = entry_key(
             endpoint=request.endpoint,
             # A pinned provider answers alone, so it must not share the group's entries.
@@ -355,7 +403,8 @@ class AutoProxyMiddleware:
             if self._cache.locks is not None and not request.stream:
                 await self._lead_across_processes(call, candidates, request, plan, receive)
                 return
-        await self._lead(call, candidates, request, plan, receive)
+        with self._limits.upstream.hold():  # 503 at once when the cap is reached
+            await self._lead(call, candidates, request, plan, receive)
 
     async def _lead_across_processes(
         self,
@@ -380,7 +429,8 @@ class AutoProxyMiddleware:
                 return
             token = ""  # the other process gave up: call upstream without the lock
         try:
-            await self._lead(call, candidates, request, plan, receive)
+            with self._limits.upstream.hold():
+                await self._lead(call, candidates, request, plan, receive)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._cache.release(plan.key, token)
@@ -464,6 +514,7 @@ class AutoProxyMiddleware:
             raise upstream_timeout(provider.name) from None
         except httpx.TransportError:
             raise upstream_unreachable(provider.name) from None
+        body = scrub(body, self._secrets)
         status = response.status
         headers = response.headers
         if status >= 400 and not _is_openai_error(body):
@@ -509,6 +560,8 @@ class AutoProxyMiddleware:
                 events = splitter.feed(chunk)
                 if not events:
                     continue
+                if self._secrets:  # whole events, so a key never straddles two pieces
+                    events = [scrub(event, self._secrets) for event in events]
                 for event in events:
                     if is_done(event):
                         finished = True
@@ -633,15 +686,18 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def _parse_payload(body: bytes) -> dict[str, Any]:
+def _parse_payload(body: bytes, max_depth: int) -> dict[str, Any]:
     if not body:
         raise bad_request("Request body is empty; send a JSON object with a 'model'.")
     try:
         payload = _json.loads(body)
-    except _json.JSONDecodeError:
+    except _json.JSONDecodeError as error:
+        if exceeds_parser_depth(error):
+            raise too_deep(max_depth) from None
         raise bad_request("Request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(payload, dict):
         raise bad_request("Request body must be a JSON object.", code="invalid_json")
+    check_json_depth(body, payload, max_depth)
     model = payload.get("model")
     if model is None:
         raise bad_request("Missing required field 'model'.", param="model")

@@ -56,8 +56,16 @@ class SQLiteCache:
         await anyio.to_thread.run_sync(self._delete, key)
 
 
+# With a server-side key, only these callers may spend it: AUTOPROXY_CLIENT_KEYS="k1,k2".
+client_keys = {
+    key: f"client-{number}"
+    for number, key in enumerate(os.environ.get("AUTOPROXY_CLIENT_KEYS", "").split(","))
+    if key
+}
+
 app = AutoProxyMiddleware(
     Starlette(),
+    api_keys=client_keys or None,
     providers=[
         OpenAIProvider(
             base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),

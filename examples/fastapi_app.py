@@ -22,8 +22,16 @@ async def home() -> dict[str, str]:
     return {"message": "Hello from the FastAPI app; the proxy is at /v1/proxy/auto."}
 
 
+# With a server-side key, only these callers may spend it: AUTOPROXY_CLIENT_KEYS="k1,k2".
+client_keys = {
+    key: f"client-{number}"
+    for number, key in enumerate(os.environ.get("AUTOPROXY_CLIENT_KEYS", "").split(","))
+    if key
+}
+
 app.add_middleware(
     AutoProxyMiddleware,
+    api_keys=client_keys or None,
     providers=[
         OpenAIProvider(
             base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),

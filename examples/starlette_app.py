@@ -28,7 +28,14 @@ openai = OpenAIProvider(
     api_key=os.environ.get("OPENAI_API_KEY"),  # None: pass the caller's key through
 )
 
+# With a server-side key, only these callers may spend it: AUTOPROXY_CLIENT_KEYS="k1,k2".
+client_keys = {
+    key: f"client-{number}"
+    for number, key in enumerate(os.environ.get("AUTOPROXY_CLIENT_KEYS", "").split(","))
+    if key
+}
+
 app = Starlette(
     routes=[Route("/", home)],
-    middleware=[Middleware(AutoProxyMiddleware, providers=[openai])],
+    middleware=[Middleware(AutoProxyMiddleware, providers=[openai], api_keys=client_keys or None)],
 )

@@ -6,7 +6,11 @@ unchanged like any provider-specific field:
 
     {"fake": {"chunks": 5, "delay": 0.01, "status": 500, "gate": true, "no_done": true,
               "error_event_after": 2, "body": "raw text", "headers": {"x": "y"},
-              "sleep": 1.0}}
+              "sleep": 1.0, "echo_auth": true}}
+
+``echo_auth`` puts the received Authorization header into the error message, as
+careless upstreams do. Odd bodies (wrong types anywhere) get a plain answer, never a
+crash, so fuzz tests can blame the proxy alone.
 
 ``overrides`` on the instance are merged over ``fake`` for every request, so one of
 several upstreams can fail while the others answer the same body normally.
@@ -57,6 +61,10 @@ class FakeUpstream:
             self.completed_streams = 0
             self.chunks_sent = 0
 
+    def __repr__(self) -> str:
+        # Short: Hypothesis prints fixtures, and the recorded requests grow large.
+        return f"FakeUpstream(calls={self.calls})"
+
     @property
     def calls(self) -> int:
         return len(self.requests)
@@ -98,7 +106,13 @@ class FakeUpstream:
         except ValueError:
             await _send_json(send, 400, {"error": {"message": "bad json", "type": "x"}})
             return
-        fake = {**(payload.get("fake") or {}), **self.overrides}
+        if not isinstance(payload, dict):
+            await _send_json(send, 400, {"error": {"message": "not an object", "type": "x"}})
+            return
+        fake = payload.get("fake")
+        if not isinstance(fake, dict):
+            fake = {}
+        fake = {**fake, **self.overrides}
         if fake.get("sleep"):
             await asyncio.sleep(fake["sleep"])
         headers = [
@@ -115,12 +129,16 @@ class FakeUpstream:
             await _send_raw(send, status, fake["body"].encode(), "text/plain", headers)
             return
         if status != 200:
-            error = {"error": {"message": f"upstream says {status}", "type": "fake", "code": None}}
+            message = f"upstream says {status}"
+            if fake.get("echo_auth"):
+                message += f"; bad key: {recorded.headers.get('authorization')}"
+            error = {"error": {"message": message, "type": "fake", "code": None}}
             await _send_json(send, status, error, headers)
             return
         chat = path.endswith("/chat/completions")
         if payload.get("stream"):
-            await self._stream(payload, fake, chat, number, headers, receive, send)
+            auth = recorded.headers.get("authorization", "")
+            await self._stream(payload, fake, chat, number, headers, receive, send, auth)
             return
         await _send_json(send, 200, _completion(payload, chat, number), headers)
 
@@ -133,6 +151,7 @@ class FakeUpstream:
         headers: list[tuple[str, str]],
         receive: Any,
         send: Any,
+        recorded_auth: str = "",
     ) -> None:
         chunks = int(fake.get("chunks", 3))
         delay = float(fake.get("delay", 0))
@@ -160,7 +179,10 @@ class FakeUpstream:
         try:
             for index in range(chunks):
                 if index == fake.get("error_event_after"):
-                    error = {"error": {"message": "overloaded mid-stream", "type": "server_error"}}
+                    message = "overloaded mid-stream"
+                    if fake.get("echo_auth"):
+                        message += f"; key was {recorded_auth}"
+                    error = {"error": {"message": message, "type": "server_error"}}
                     await _send_event(send, error)
                     break
                 chunk = _chunk(payload, chat, number, index, chunks)
@@ -205,7 +227,9 @@ def _completion(payload: dict[str, Any], chat: bool, number: int) -> dict[str, A
     model = payload.get("model")
     usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
     if chat:
-        last = (payload.get("messages") or [{}])[-1].get("content", "")
+        messages = payload.get("messages")
+        last_message = messages[-1] if isinstance(messages, list) and messages else {}
+        last = last_message.get("content", "") if isinstance(last_message, dict) else ""
         return {
             "id": f"chatcmpl-{number}",
             "object": "chat.completion",

@@ -100,7 +100,7 @@ def anthropic_urls(_anthropic_servers: list[tuple[FakeAnthropic, ServerThread]])
 @pytest.fixture
 async def proxy(anthropic_urls: list[str]) -> AsyncIterator[AutoProxyMiddleware]:
     provider = AnthropicProvider(api_key=SERVER_KEY, base_url=anthropic_urls[0], name="claude")
-    app = AutoProxyMiddleware(inner_app(), providers=[provider])
+    app = AutoProxyMiddleware(inner_app(), providers=[provider], allow_anonymous=True)
     yield app
     await app.aclose()
 
@@ -616,7 +616,9 @@ async def test_overloaded_anthropic_fails_over_to_the_next_one(
         AnthropicProvider(api_key=SERVER_KEY, base_url=url, name=name)
         for url, name in zip(anthropic_urls, ("primary", "backup"), strict=True)
     ]
-    app = AutoProxyMiddleware(inner_app(), providers=providers, retry=RetryPolicy(max_retries=0))
+    app = AutoProxyMiddleware(
+        inner_app(), providers=providers, retry=RetryPolicy(max_retries=0), allow_anonymous=True
+    )
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t"
     ) as client:

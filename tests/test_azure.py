@@ -23,7 +23,7 @@ def azure_endpoint(upstream_url: str) -> str:
 async def call(
     provider: AzureOpenAIProvider, path: str, body: dict[str, Any], **headers: str
 ) -> httpx.Response:
-    app = AutoProxyMiddleware(inner_app(), providers=[provider])
+    app = AutoProxyMiddleware(inner_app(), providers=[provider], allow_anonymous=True)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t"
     ) as http:

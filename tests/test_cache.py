@@ -525,3 +525,27 @@ async def test_pinned_endpoint_does_not_share_the_groups_entries(
     assert pinned.headers["x-bt-used-endpoint"] == "second"
     assert pinned_again.headers["x-bt-cached"] == "HIT"
     assert upstream.calls == 2
+
+
+@pytest.mark.parametrize("sent", ["inf", "-inf", "nan", "1e999"])
+async def test_non_finite_ttl_header_is_400(
+    proxy: AutoProxyMiddleware, upstream: FakeUpstream, sent: str
+) -> None:
+    response = await post(proxy, chat_body(temperature=0), {"x-bt-cache-ttl": sent})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "x-bt-cache-ttl"
+
+
+async def test_non_ascii_digits_in_max_age_are_ignored(
+    proxy: AutoProxyMiddleware, upstream: FakeUpstream
+) -> None:
+    """Latin-1 "²" passes str.isdigit() but not int(); the directive is ignored."""
+    await post(proxy, chat_body(temperature=0))
+    async with http_client(proxy) as http:
+        response = await http.post(
+            "/v1/proxy/auto",
+            json=chat_body(temperature=0),
+            headers={"cache-control": "max-age=\u00b2".encode("latin-1")},
+        )
+    assert response.status_code == 200
+    assert response.headers["x-bt-cached"] == "HIT"

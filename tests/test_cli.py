@@ -66,6 +66,7 @@ def test_cli_reads_env_and_sends_server_key_upstream(
     port = free_port()
     env = {
         "OPENAI_API_KEY": SERVER_KEY,
+        "AUTOPROXY_CLIENT_KEYS": CALLER_KEY,
         "OPENAI_BASE_URL": upstream_url,
         "AUTOPROXY_PORT": str(port),
         "AUTOPROXY_PATH": "/llm/auto",
@@ -78,9 +79,13 @@ def test_cli_reads_env_and_sends_server_key_upstream(
                 json={"model": "davinci-002", "prompt": "Say"},
                 headers={"authorization": f"Bearer {CALLER_KEY}"},
             )
+            chat = http.post(
+                "/llm/auto", json=chat_body(), headers={"authorization": f"Bearer {CALLER_KEY}"}
+            )
             without_key = http.post("/llm/auto", json=chat_body())
         assert with_caller_key.status_code == 200, with_caller_key.text
-        assert without_key.status_code == 200, without_key.text
+        assert chat.status_code == 200, chat.text
+        assert without_key.status_code == 401, without_key.text
     first, second = upstream.requests
     assert first.path == "/v1/completions"
     assert second.path == "/v1/chat/completions"

@@ -307,7 +307,7 @@ async def test_missing_caller_key_for_pass_through_provider_is_401(
 async def test_server_key_provider_needs_no_caller_key(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
-    app = make_proxy(provider={"api_key": SERVER_KEY})
+    app = make_proxy(provider={"api_key": SERVER_KEY}, allow_anonymous=True)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t"
     ) as http:
@@ -384,7 +384,7 @@ async def test_no_matching_provider_is_400_naming_the_model(
         OpenAIProvider(base_url=upstream_url, api_key=SERVER_KEY, models=["gpt-*"], name="gpt"),
         OpenAIProvider(base_url=upstream_url, api_key=SERVER_KEY, models=["llama*"], name="local"),
     ]
-    app = make_proxy(providers=providers)
+    app = make_proxy(providers=providers, allow_anonymous=True)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t"
     ) as http:

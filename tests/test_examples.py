@@ -73,6 +73,7 @@ async def test_example_sends_server_key_from_env(
 ) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", upstream_url)
     monkeypatch.setenv("OPENAI_API_KEY", SERVER_KEY)
+    monkeypatch.setenv("AUTOPROXY_CLIENT_KEYS", CALLER_KEY)
     app = load_example(name)
     async with (
         LifespanManager(app) as manager,
@@ -80,9 +81,14 @@ async def test_example_sends_server_key_from_env(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://example"
         ) as http,
     ):
-        response = await http.post("/v1/proxy/auto", json=chat_body())
+        refused = await http.post("/v1/proxy/auto", json=chat_body())
+        response = await http.post(
+            "/v1/proxy/auto", json=chat_body(), headers={"authorization": f"Bearer {CALLER_KEY}"}
+        )
+    assert refused.status_code == 401
     assert response.status_code == 200, response.text
-    assert upstream.requests[0].headers["authorization"] == f"Bearer {SERVER_KEY}"
+    [seen] = upstream.requests
+    assert seen.headers["authorization"] == f"Bearer {SERVER_KEY}"
 
 
 def test_django_example_serves_proxy_and_views_without_lifespan(

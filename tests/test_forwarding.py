@@ -60,7 +60,7 @@ async def test_pass_through_forwards_caller_key(
 async def test_server_key_replaces_caller_key(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
-    app = make_proxy(provider={"api_key": SERVER_KEY})
+    app = make_proxy(provider={"api_key": SERVER_KEY}, api_keys={CALLER_KEY: "alice"})
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         response = await http.post(
@@ -139,7 +139,7 @@ async def test_unreachable_upstream_is_502_naming_provider(make_proxy: MakeProxy
     from asgi_autoproxy import OpenAIProvider
 
     provider = OpenAIProvider(base_url="http://127.0.0.1:9/v1", api_key=SERVER_KEY, name="dead")
-    app = make_proxy(providers=[provider])
+    app = make_proxy(providers=[provider], allow_anonymous=True)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t"
     ) as http:

@@ -29,8 +29,11 @@ class EntryKey:
     """32 bytes that encrypt the entry; never leaves the process."""
 
 
-def caller_identity(credential: str | None) -> str:
-    """A stable id for the caller's credential; the credential itself is never kept."""
+def caller_identity(credential: str | None, *, authenticated: str | None = None) -> str:
+    """A stable id for the caller: the authenticated caller id when the proxy checked
+    one, else a hash of the credential (which itself is never kept)."""
+    if authenticated is not None:
+        return "caller:" + hashlib.sha256(authenticated.encode()).hexdigest()
     if credential is None:
         return ANONYMOUS_CALLER
     return "key:" + hashlib.sha256(credential.encode()).hexdigest()

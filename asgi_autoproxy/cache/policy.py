@@ -55,8 +55,8 @@ def decide(
     mode = (use_cache or "auto").strip().lower()
     if mode not in CACHE_MODES:
         raise bad_request(
-            f"Invalid x-bt-use-cache value {use_cache!r}; allowed values are "
-            f"{', '.join(CACHE_MODES)}.",
+            # The value is not echoed: callers do paste keys into the wrong header.
+            f"Invalid x-bt-use-cache value; allowed values are {', '.join(CACHE_MODES)}.",
             param="x-bt-use-cache",
         )
     ttl = default_ttl if cache_ttl is None else _parse_ttl(cache_ttl)
@@ -81,15 +81,16 @@ def decide(
 
 
 def _parse_seconds(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _parse_ttl(text: str) -> int:
     try:
         seconds = int(float(text.strip()))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "inf"
         raise bad_request(
-            f"Invalid x-bt-cache-ttl value {text!r}; send a number of seconds.",
+            "Invalid x-bt-cache-ttl value; send a whole number of seconds.",
             param="x-bt-cache-ttl",
         ) from None
     return min(max(seconds, MIN_TTL), MAX_TTL)

@@ -66,6 +66,11 @@ class OpenAIProvider:
     def needs_caller_credential(self) -> bool:
         return self._api_key is None
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What must never reach a caller; the middleware scrubs it from bodies."""
+        return (self._api_key,) if self._api_key else ()
+
     def serves(self, model: str) -> bool:
         return self._patterns(model)
 

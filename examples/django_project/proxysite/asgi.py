@@ -17,8 +17,16 @@ from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxysite.settings")
 
+# With a server-side key, only these callers may spend it: AUTOPROXY_CLIENT_KEYS="k1,k2".
+client_keys = {
+    key: f"client-{number}"
+    for number, key in enumerate(os.environ.get("AUTOPROXY_CLIENT_KEYS", "").split(","))
+    if key
+}
+
 application = AutoProxyMiddleware(
     get_asgi_application(),
+    api_keys=client_keys or None,
     providers=[
         OpenAIProvider(
             base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),

@@ -1,0 +1,142 @@
+"""Who is calling: caller authentication, decided once at start-up.
+
+Three modes, from the providers and keywords given to the middleware:
+
+- *checked*: ``authenticate=`` or ``api_keys=`` is set. Every served route needs a
+  credential that maps to a caller id; anything else is a 401. This also gates
+  pass-through providers, which then receive that same token.
+- *pass-through*: no provider holds a key of its own. The caller's key goes upstream
+  and the upstream judges it; the proxy only tells callers apart by its hash.
+- *anonymous*: a provider holds its own key and ``allow_anonymous=True`` says that
+  anyone who can reach the proxy may spend it.
+
+A provider key without either a check or ``allow_anonymous`` is refused at start-up:
+failing closed is the point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .asgi import Scope
+from .cache.keys import caller_identity
+from .errors import ProxyError, unauthorized
+from .headers import caller_credential
+from .providers.base import Provider
+
+Authenticate = Callable[[str, Scope], str | Awaitable[str | None] | None]
+"""``authenticate(token, scope)``, sync or async: a caller id, or None to refuse."""
+
+AuthMode = Literal["checked", "pass-through", "anonymous"]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The caller of one request, as far as the proxy knows it."""
+
+    id: str
+    """For logs, hooks and rate limits: the authenticated id, or a hash of the
+    pass-through key, or ``anonymous``. Never the secret itself."""
+    credential: str | None
+    """The presented token; providers without a key of their own forward it."""
+    cache_scope: str
+    """What isolates this caller's cache entries from everyone else's."""
+
+
+def _missing() -> ProxyError:
+    return unauthorized(
+        "Missing API key: send it as 'Authorization: Bearer <key>' (or 'x-api-key')."
+    )
+
+
+def _invalid() -> ProxyError:
+    return unauthorized("Invalid API key. Check the key you were given for this proxy.")
+
+
+class CallerAuth:
+    """Turns a request's credential into a ``Caller`` or a 401."""
+
+    def __init__(
+        self,
+        providers: Sequence[Provider],
+        *,
+        authenticate: Authenticate | None = None,
+        api_keys: Mapping[str, str] | None = None,
+        allow_anonymous: bool = False,
+    ) -> None:
+        if authenticate is not None and api_keys is not None:
+            raise ValueError("pass either authenticate= or api_keys=, not both")
+        if authenticate is not None and not callable(authenticate):
+            raise TypeError("authenticate must be a callable (token, scope) -> caller id | None")
+        self._authenticate = authenticate
+        self._key_ids = None if api_keys is None else _digest_keys(api_keys)
+        holds_key = [p.name for p in providers if not p.needs_caller_credential]
+        self.mode: AuthMode
+        if authenticate is not None or api_keys is not None:
+            self.mode = "checked"
+        elif not holds_key:
+            self.mode = "pass-through"
+        elif allow_anonymous:
+            self.mode = "anonymous"
+        else:
+            raise ValueError(
+                f"provider(s) {holds_key} hold their own API key, so anyone who reaches this "
+                "proxy would spend it. Pass api_keys={'<key for a caller>': '<caller id>'} or "
+                "authenticate=<callable>, or allow_anonymous=True if the proxy is private."
+            )
+
+    async def identify(self, scope: Scope) -> Caller:
+        """The request's caller; raises a 401 ``ProxyError`` when checking fails."""
+        credential = caller_credential(scope["headers"])
+        if self.mode != "checked":
+            identity = caller_identity(credential)
+            return Caller(id=identity, credential=credential, cache_scope=identity)
+        if credential is None:
+            raise _missing()
+        caller_id = await self._check(credential, scope)
+        if caller_id is None:
+            raise _invalid()
+        return Caller(
+            id=caller_id,
+            credential=credential,
+            cache_scope=caller_identity(None, authenticated=caller_id),
+        )
+
+    async def _check(self, token: str, scope: Scope) -> str | None:
+        if self._key_ids is not None:
+            # A dict lookup compares SHA-256 digests, never the keys: its timing says
+            # nothing an attacker can turn back into a key.
+            return self._key_ids.get(hashlib.sha256(token.encode()).digest())
+        assert self._authenticate is not None
+        result = self._authenticate(token, scope)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is None or result == "":
+            return None
+        if not isinstance(result, str):
+            raise TypeError(
+                f"authenticate returned {type(result).__name__}; return a caller id (str) "
+                "or None to refuse"
+            )
+        return result
+
+
+def _digest_keys(api_keys: Mapping[str, str]) -> dict[bytes, str]:
+    if not isinstance(api_keys, Mapping):
+        raise TypeError("api_keys must be a mapping of accepted key -> caller id")
+    digests: dict[bytes, str] = {}
+    for key, caller_id in api_keys.items():
+        if not isinstance(key, str) or not key.strip() or key != key.strip():
+            raise ValueError(
+                "api_keys: every key must be a non-empty string without surrounding spaces"
+            )
+        if not isinstance(caller_id, str) or not caller_id:
+            raise ValueError("api_keys: every caller id must be a non-empty string")
+        digests[hashlib.sha256(key.encode()).digest()] = caller_id
+    if not digests:
+        raise ValueError("api_keys is empty, so nobody could call the proxy; add a key")
+    return digests

@@ -1,0 +1,285 @@
+"""An OpenAPI 3.1 description of the routes the middleware serves.
+
+``/auto`` is described the way Braintrust's API reference describes its own
+``POST /v1/proxy/auto`` (operation ``proxyauto``, tag ``Proxy``, bearer auth), so
+clients and tools built for one read the other. Request bodies are described
+loosely on purpose: the proxy forwards fields it does not know.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_JSON = "application/json"
+_SSE = "text/event-stream"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str, *headers: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {_JSON: {"schema": _ref("Error")}},
+    }
+    if headers:
+        response["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in headers}
+    return response
+
+
+_REQUEST_HEADERS: list[dict[str, Any]] = [
+    {
+        "name": "x-bt-use-cache",
+        "in": "header",
+        "required": False,
+        "description": "auto caches only deterministic requests (temperature 0 or a seed).",
+        "schema": {"type": "string", "enum": ["auto", "always", "never"]},
+    },
+    {
+        "name": "x-bt-cache-ttl",
+        "in": "header",
+        "required": False,
+        "description": "Seconds to keep a cached answer (clamped to 1 s to 7 days).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 604800},
+    },
+    {
+        "name": "x-request-id",
+        "in": "header",
+        "required": False,
+        "description": "Kept as the request id when it is 1-128 of [A-Za-z0-9._:-].",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+    },
+]
+
+
+def _proxy_responses() -> dict[str, Any]:
+    return {
+        "200": {
+            "description": "The provider's answer: a JSON object, or Server-Sent Events "
+            "when the request asked for `stream: true`.",
+            "headers": {
+                "x-bt-cached": {"$ref": "#/components/headers/x-bt-cached"},
+                "x-request-id": {"$ref": "#/components/headers/x-request-id"},
+            },
+            "content": {
+                _JSON: {"schema": {"type": "object"}},
+                # Before OpenAPI 3.2 an event-stream's schema describes each event.
+                _SSE: {"schema": _ref("ServerSentEvent")},
+            },
+        },
+        "400": _error("Malformed body, unknown model or nesting too deep."),
+        "401": _error("Missing or invalid API key.", "www-authenticate"),
+        "405": _error("Wrong method for this route."),
+        "413": _error("Body larger than the proxy's limit."),
+        "429": _error("Caller over its rate limit, or the provider's.", "retry-after"),
+        "431": _error("Too many or too large request headers."),
+        "503": _error("The proxy has too many upstream requests open.", "retry-after"),
+        "4XX": _error("The provider refused the request; its status is passed on."),
+        "5XX": _error("The provider failed, could not be reached or did not answer in time."),
+    }
+
+
+def openapi_document(
+    path: str = "/v1/proxy/auto", *, sibling_routes: bool = True
+) -> dict[str, Any]:
+    """The description for a middleware built with the same ``path`` and
+    ``sibling_routes``; serve it or feed it to an API tester."""
+    from . import __version__
+
+    prefix = path.rsplit("/", 1)[0]
+    paths: dict[str, Any] = {
+        path: {
+            "post": {
+                "tags": ["Proxy"],
+                "operationId": "proxyauto",
+                "summary": "Send a request to chat/completions or completions, chosen by model",
+                "description": "The model decides which endpoint serves the request; models "
+                "the proxy does not know go by the body's shape (`messages` or `prompt`). "
+                "Deterministic requests (temperature 0 or a seed) are cached.",
+                "parameters": _REQUEST_HEADERS,
+                "requestBody": {
+                    "description": "A chat/completions or completions body, depending on "
+                    "the model.",
+                    "required": True,
+                    "content": {_JSON: {"schema": _ref("AutoRequest")}},
+                },
+                "responses": _proxy_responses(),
+            }
+        }
+    }
+    if sibling_routes:
+        paths[f"{prefix}/chat/completions"] = {
+            "post": {
+                "tags": ["Proxy"],
+                "operationId": "proxychatcompletions",
+                "summary": "Send a chat/completions request",
+                "parameters": _REQUEST_HEADERS,
+                "requestBody": {
+                    "required": True,
+                    "content": {_JSON: {"schema": _ref("ChatRequest")}},
+                },
+                "responses": _proxy_responses(),
+            }
+        }
+        paths[f"{prefix}/completions"] = {
+            "post": {
+                "tags": ["Proxy"],
+                "operationId": "proxycompletions",
+                "summary": "Send a legacy completions request",
+                "parameters": _REQUEST_HEADERS,
+                "requestBody": {
+                    "required": True,
+                    "content": {_JSON: {"schema": _ref("CompletionRequest")}},
+                },
+                "responses": _proxy_responses(),
+            }
+        }
+        paths[f"{prefix}/models"] = {
+            "get": {
+                "tags": ["Proxy"],
+                "operationId": "proxymodels",
+                "summary": "List the models the proxy can route",
+                "responses": {
+                    "200": {
+                        "description": "The model list, in OpenAI's shape.",
+                        "content": {_JSON: {"schema": _ref("ModelList")}},
+                    },
+                    "401": _error("Missing or invalid API key.", "www-authenticate"),
+                    "405": _error("Wrong method for this route."),
+                    "429": _error("Caller over its rate limit.", "retry-after"),
+                    "431": _error("Too many or too large request headers."),
+                },
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "asgi_autoproxy",
+            "version": __version__,
+            "description": "OpenAI-compatible routes served by AutoProxyMiddleware.",
+        },
+        "security": [{"bearerAuth": []}, {"apiKeyHeader": []}],
+        "paths": paths,
+        "components": _components(),
+    }
+
+
+def _components() -> dict[str, Any]:
+    common = {
+        "model": {"type": "string", "minLength": 1},
+        "stream": {"type": "boolean"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "seed": {"type": "integer"},
+        "max_tokens": {"type": "integer", "minimum": 1},
+    }
+    message = {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {
+            "role": {"type": "string", "enum": ["system", "user", "assistant", "developer"]},
+            "content": {"type": "string"},
+        },
+    }
+    return {
+        "securitySchemes": {
+            "bearerAuth": {"type": "http", "scheme": "bearer"},
+            "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+        },
+        "headers": {
+            "x-bt-cached": {
+                "description": "HIT when the answer came from the cache, else MISS.",
+                "schema": {"type": "string", "enum": ["HIT", "MISS"]},
+            },
+            "x-request-id": {
+                "description": "The proxy's id for this request.",
+                "schema": {"type": "string"},
+            },
+            "retry-after": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "string"},
+            },
+            "www-authenticate": {
+                "description": "Always `Bearer`.",
+                "schema": {"type": "string"},
+            },
+        },
+        "schemas": {
+            "ChatRequest": {
+                "type": "object",
+                "required": ["model", "messages"],
+                "properties": {
+                    **common,
+                    "messages": {"type": "array", "minItems": 1, "items": message},
+                },
+            },
+            "CompletionRequest": {
+                "type": "object",
+                "required": ["model", "prompt"],
+                "properties": {
+                    **common,
+                    "prompt": {
+                        "anyOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "string"}},
+                        ]
+                    },
+                },
+            },
+            "ServerSentEvent": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "data": {
+                        "type": "string",
+                        "description": "A JSON chunk, an error object, or [DONE] at the end.",
+                    },
+                    "event": {"type": "string"},
+                    "id": {"type": "string"},
+                    "retry": {"type": "integer"},
+                },
+            },
+            "AutoRequest": {"anyOf": [_ref("ChatRequest"), _ref("CompletionRequest")]},
+            "ModelList": {
+                "type": "object",
+                "required": ["object", "data"],
+                "properties": {
+                    "object": {"const": "list"},
+                    "data": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["id", "object", "owned_by"],
+                            "properties": {
+                                "id": {"type": "string"},
+                                "object": {"const": "model"},
+                                "created": {"type": "integer"},
+                                "owned_by": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "anyOf": [
+                            {
+                                "type": "object",
+                                "required": ["message"],
+                                "properties": {
+                                    "message": {"type": "string"},
+                                    "type": {"type": ["string", "null"]},
+                                    "param": {"type": ["string", "null"]},
+                                    "code": {"type": ["string", "integer", "null"]},
+                                },
+                            },
+                            {"type": "string"},
+                        ]
+                    }
+                },
+            },
+        },
+    }

@@ -1,0 +1,109 @@
+"""The OpenAPI description, and schemathesis run from it against a live middleware."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    status_code_conformance,
+)
+
+from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, openapi_document
+from tests.conftest import CALLER_KEY, SERVER_KEY, inner_app
+from tests.fake_upstream import FakeUpstream
+from tests.servers import ServerThread, serve
+
+
+@pytest.fixture(scope="module")
+def live_proxy(_upstream_server: tuple[FakeUpstream, ServerThread]) -> Iterator[str]:
+    """The middleware under a real uvicorn server, holding a provider key."""
+    provider = OpenAIProvider(
+        base_url=_upstream_server[1].url + "/v1", api_key=SERVER_KEY, name="paid"
+    )
+    app = AutoProxyMiddleware(
+        inner_app(), providers=[provider], api_keys={CALLER_KEY: "schemathesis"}, timeout=10
+    )
+    with serve(app, lifespan="on") as server:
+        yield server.url
+
+
+# Schemathesis' own pytest plugin does not run under pytest 9; its Hypothesis
+# strategies do, and drive the same checks through `call_and_validate`.
+SCHEMA = schemathesis.openapi.from_dict(openapi_document())
+
+
+@SCHEMA.auth()
+class CallerKey:
+    """The caller's key, registered so schemathesis knows it is valid and can also
+    probe the same request without it, or with a wrong one."""
+
+    def get(self, case: Any, context: Any) -> str:
+        return CALLER_KEY
+
+    def set(self, case: Any, data: str, context: Any) -> None:
+        case.headers = case.headers or {}
+        case.headers["Authorization"] = f"Bearer {data}"
+
+
+LIVE = settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def call(case: Any, base_url: str, **kwargs: Any) -> Any:
+    response = case.call_and_validate(base_url=base_url, timeout=30, **kwargs)
+    assert SERVER_KEY not in response.text
+    assert "Traceback" not in response.text
+    return response
+
+
+@LIVE
+@given(case=SCHEMA.as_strategy(GenerationMode.POSITIVE))
+def test_valid_requests_get_described_answers(live_proxy: str, case: Any) -> None:
+    """Every default schemathesis check: status codes, content types, response bodies
+    and headers as described, no server errors, auth enforced."""
+    call(case, live_proxy)
+
+
+@LIVE
+@given(case=SCHEMA.as_strategy(GenerationMode.NEGATIVE))
+def test_invalid_requests_never_break_the_proxy(live_proxy: str, case: Any) -> None:
+    """Bodies that break the description: the proxy forwards fields it does not know,
+    so an upstream may accept them; what must hold is no 5xx and described errors."""
+    call(
+        case,
+        live_proxy,
+        checks=[not_a_server_error, status_code_conformance, content_type_conformance],
+    )
+
+
+def test_auto_operation_is_described_like_braintrusts() -> None:
+    doc = openapi_document()
+    operation = doc["paths"]["/v1/proxy/auto"]["post"]
+    assert operation["operationId"] == "proxyauto"
+    assert operation["tags"] == ["Proxy"]
+    assert operation["requestBody"]["required"] is True
+    assert {"text/event-stream", "application/json"} <= set(
+        operation["responses"]["200"]["content"]
+    )
+    assert {"bearerAuth": []} in doc["security"]
+
+
+def test_document_follows_the_configured_path() -> None:
+    doc = openapi_document("/api/llm/auto")
+    assert set(doc["paths"]) == {
+        "/api/llm/auto",
+        "/api/llm/chat/completions",
+        "/api/llm/completions",
+        "/api/llm/models",
+    }
+    assert set(openapi_document(sibling_routes=False)["paths"]) == {"/v1/proxy/auto"}
