@@ -192,3 +192,19 @@ def test_default_provider_name_never_shows_url_credentials() -> None:
     provider = OpenAIProvider(base_url="https://user:hunter2@llm.example:8443/v1")
     assert provider.name == "llm.example:8443"
     assert "hunter2" not in repr(provider)
+
+
+@pytest.mark.parametrize("kind", ["openai", "azure", "anthropic"])
+def test_built_in_providers_hide_keys_and_offer_them_for_scrubbing(kind: str) -> None:
+    from asgi_autoproxy import AnthropicProvider, AzureOpenAIProvider, OpenAIProvider
+
+    url = "https://user:hunter2@llm.example"
+    provider = {
+        "openai": lambda: OpenAIProvider(base_url=url, api_key=SERVER_KEY),
+        "azure": lambda: AzureOpenAIProvider(endpoint=url, api_key=SERVER_KEY),
+        "anthropic": lambda: AnthropicProvider(base_url=url, api_key=SERVER_KEY),
+    }[kind]()
+    assert provider.name == "llm.example"
+    assert SERVER_KEY not in repr(provider) and "hunter2" not in repr(provider)
+    assert provider.secrets == (SERVER_KEY,)
+    assert not provider.needs_caller_credential

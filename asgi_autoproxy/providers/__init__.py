@@ -2,13 +2,14 @@
 
 from .anthropic import AnthropicProvider
 from .azure import AzureOpenAIProvider
-from .base import Endpoint, Provider, UpstreamRequest, UpstreamResponse
+from .base import Endpoint, HTTPProvider, Provider, UpstreamRequest, UpstreamResponse
 from .openai import OpenAIProvider
 
 __all__ = [
     "AnthropicProvider",
     "AzureOpenAIProvider",
     "Endpoint",
+    "HTTPProvider",
     "OpenAIProvider",
     "Provider",
     "UpstreamRequest",

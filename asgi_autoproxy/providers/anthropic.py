@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -13,7 +12,7 @@ from ..headers import filter_upstream_headers
 from ..sse import EventSplitter, event_data, event_name
 from .anthropic_request import DEFAULT_MAX_TOKENS, to_messages_request
 from .anthropic_response import StreamTranslator, chat_completion, openai_error
-from .base import Endpoint, ModelPatterns, UpstreamRequest, UpstreamResponse
+from .base import HTTPProvider, UpstreamRequest, UpstreamResponse
 
 ANTHROPIC_VERSION = "2023-06-01"
 """Pinned: newer API versions drop ``temperature`` and ``top_p``, which callers send."""
@@ -22,7 +21,7 @@ _JSON = ("content-type", "application/json")
 _EVENT_STREAM = ("content-type", "text/event-stream")
 
 
-class AnthropicProvider:
+class AnthropicProvider(HTTPProvider):
     """Serves OpenAI chat requests from ``{base_url}/v1/messages``, translating both ways.
 
     Chat only: a completion-flavour request routed here gets a 400. With ``api_key=None``
@@ -40,54 +39,28 @@ class AnthropicProvider:
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         anthropic_version: str = ANTHROPIC_VERSION,
     ) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
+        super().__init__(
+            url=base_url,
+            api_key=api_key,
+            models=models,
+            name=name,
+            headers=headers,
+            endpoints=("chat",),
+        )
         if default_max_tokens < 1:
             raise ValueError("default_max_tokens must be a positive number of tokens")
         self.base_url = base_url.rstrip("/")
         self._url = httpx.URL(f"{self.base_url}/v1/messages")
-        self._api_key = api_key or None
-        self._patterns = ModelPatterns(models)
-        self._name = name or parts.netloc
         self._default_max_tokens = default_max_tokens
-        self._static_headers = {k.lower(): v for k, v in (headers or {}).items()}
         self._version = anthropic_version
-
-    def __repr__(self) -> str:
-        key = "server-side" if self._api_key else "pass-through"
-        return f"AnthropicProvider(name={self._name!r}, base_url={self.base_url!r}, key={key})"
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def models(self) -> Sequence[str]:
-        return self._patterns.patterns
-
-    @property
-    def endpoints(self) -> frozenset[Endpoint]:
-        return frozenset({"chat"})
-
-    @property
-    def needs_caller_credential(self) -> bool:
-        return self._api_key is None
-
-    def serves(self, model: str) -> bool:
-        return self._patterns(model)
 
     async def send(self, request: UpstreamRequest, client: httpx.AsyncClient) -> UpstreamResponse:
         translated = to_messages_request(
             request.payload, default_max_tokens=self._default_max_tokens
         )
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream" if request.stream else "application/json",
-            **self._static_headers,
-            "anthropic-version": self._version,
-        }
-        key = self._api_key or request.credential
+        headers = self.base_headers(request)
+        headers["anthropic-version"] = self._version
+        key = self.key_for(request.credential)
         if key:
             headers["x-api-key"] = key
         upstream = client.build_request(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -134,3 +135,81 @@ class ModelPatterns:
 
     def __call__(self, model: str) -> bool:
         return self._match_all or any(fnmatch.fnmatchcase(model, p) for p in self._patterns)
+
+
+class HTTPProvider:
+    """What the built-in providers share: a base URL, an optional server-held key, model
+    patterns, static headers, and a repr and name that never show a credential.
+
+    Subclass it for an HTTP upstream and implement ``send``; it is a convenience, not a
+    requirement: any object that matches ``Provider`` will do.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        api_key: str | None,
+        models: Sequence[str],
+        name: str | None,
+        headers: Mapping[str, str] | None,
+        endpoints: Sequence[Endpoint],
+        url_hint: str = "an absolute http(s) URL",
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{self._url_keyword} must be {url_hint}, got {url!r}")
+        # Host and port only: credentials in the URL must never become a visible name.
+        userinfo, at, host = parts.netloc.rpartition("@")
+        self._shown_url = url.rstrip("/").replace(userinfo + at, "", 1)
+        self._api_key = api_key or None
+        self._patterns = ModelPatterns(models)
+        self._name = name or host
+        self._endpoints = frozenset(endpoints)
+        self._static_headers = {k.lower(): v for k, v in (headers or {}).items()}
+
+    _url_keyword = "base_url"
+
+    def __repr__(self) -> str:
+        # The key stays out of reprs, and so out of logs and tracebacks.
+        key = "server-side" if self._api_key else "pass-through"
+        return (
+            f"{type(self).__name__}(name={self._name!r}, "
+            f"{self._url_keyword}={self._shown_url!r}, key={key})"
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def models(self) -> Sequence[str]:
+        return self._patterns.patterns
+
+    @property
+    def endpoints(self) -> frozenset[Endpoint]:
+        return self._endpoints
+
+    @property
+    def needs_caller_credential(self) -> bool:
+        return self._api_key is None
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What must never reach a caller; the middleware scrubs it from bodies."""
+        return (self._api_key,) if self._api_key else ()
+
+    def serves(self, model: str) -> bool:
+        return self._patterns(model)
+
+    def key_for(self, credential: str | None) -> str | None:
+        """The key to send upstream: the server-held one, else the caller's own."""
+        return self._api_key or credential
+
+    def base_headers(self, request: UpstreamRequest) -> dict[str, str]:
+        return {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if request.stream else "application/json",
+            "x-request-id": request.request_id,
+            **self._static_headers,
+        }
