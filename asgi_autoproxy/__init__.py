@@ -7,6 +7,7 @@ from .cache.store import CacheStats
 from .catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
 from .errors import ProxyError
 from .middleware import AutoProxyMiddleware
+from .observability import CacheStatus, RequestHook, RequestRecord, TokenUsage
 from .providers import Endpoint, OpenAIProvider, Provider, UpstreamRequest, UpstreamResponse
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ __all__ = [
     "CacheBackend",
     "CacheDecision",
     "CacheStats",
+    "CacheStatus",
     "Endpoint",
     "MemoryCache",
     "MemoryCacheStats",
@@ -25,6 +27,9 @@ __all__ = [
     "OpenAIProvider",
     "Provider",
     "ProxyError",
+    "RequestHook",
+    "RequestRecord",
+    "TokenUsage",
     "UpstreamRequest",
     "UpstreamResponse",
     "__version__",

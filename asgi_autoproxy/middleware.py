@@ -130,6 +130,7 @@ class _Call:
         encoded.append((b"content-length", str(len(body)).encode()))
         await self._send({"type": "http.response.start", "status": status, "headers": encoded})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
+        self.trace.completed = self.connected
 
     async def start_stream(self, headers: Iterable[tuple[str, str]]) -> None:
         self.started = True
@@ -144,6 +145,7 @@ class _Call:
 
     async def end_stream(self, tail: bytes) -> None:
         await self._send({"type": "http.response.body", "body": tail, "more_body": False})
+        self.trace.completed = self.connected
 
 
 async def _watch_disconnect(receive: Receive, call: _Call) -> None:
@@ -290,7 +292,6 @@ class AutoProxyMiddleware:
                 request_id=call.request_id,
                 method=scope["method"],
                 route=route,
-                client_disconnected=not call.connected,
                 caller_id=getattr(call, "caller_id", None),
             )
             await self._reporter.report(record)

@@ -77,6 +77,7 @@ class RequestRecord:
     error: str | None
     """The code of the error the proxy reported, in the status or in the stream."""
     client_disconnected: bool
+    """The caller left before the whole answer was sent."""
     caller_id: str | None
 
     def log_fields(self) -> dict[str, Any]:
@@ -94,6 +95,7 @@ class RequestTrace:
 
     __slots__ = (
         "cache",
+        "completed",
         "endpoint",
         "error",
         "first_byte_at",
@@ -113,6 +115,8 @@ class RequestTrace:
         self.provider: str | None = None
         self.status: int | None = None
         self.streaming = False
+        self.completed = False
+        """The whole answer reached the caller (its last body message was sent)."""
         self.cache: CacheStatus | None = None
         self.usage: TokenUsage | None = None
         self.error: str | None = None
@@ -123,7 +127,6 @@ class RequestTrace:
         request_id: str,
         method: str,
         route: str,
-        client_disconnected: bool,
         caller_id: str | None,
     ) -> RequestRecord:
         now = time.perf_counter()
@@ -142,7 +145,7 @@ class RequestTrace:
             ttfb_s=None if first is None or not self.streaming else first - self.started_at,
             usage=self.usage,
             error=self.error,
-            client_disconnected=client_disconnected,
+            client_disconnected=not self.completed,
             caller_id=caller_id,
         )
 
