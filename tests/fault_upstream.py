@@ -21,6 +21,7 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,9 +198,14 @@ class _Connection(asyncio.Protocol):
 
 @dataclass
 class FaultUpstream:
-    """Start it with ``start()``; ``url`` is its base, ``/v1`` included."""
+    """Start it with ``start()``; ``url`` is its base, ``/v1`` included.
 
+    ``keep_exchanges=False`` keeps counts only, so a long soak does not grow memory here.
+    """
+
+    keep_exchanges: bool = True
     exchanges: dict[str, Exchange] = field(default_factory=dict)
+    outcomes: Counter[str] = field(default_factory=Counter)
     opened: int = 0
     closed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -222,15 +228,23 @@ class FaultUpstream:
     def peer_closes(self) -> int:
         """Exchanges the proxy hung up on before the answer was complete."""
         with self._lock:
-            return sum(1 for e in self.exchanges.values() if e.outcome == "peer_closed")
+            return self.outcomes["peer_closed"]
 
     def exchange(self, request_id: str) -> Exchange | None:
         with self._lock:
             return self.exchanges.get(request_id)
 
+    @property
+    def requests(self) -> int:
+        with self._lock:
+            return sum(self.outcomes.values()) + sum(
+                1 for c in self._connections if c.current and c.current.outcome is None
+            )
+
     def reset(self) -> None:
         with self._lock:
             self.exchanges.clear()
+            self.outcomes.clear()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -290,6 +304,7 @@ class FaultUpstream:
             if exchange is not None and exchange.outcome is None:
                 exchange.ended_at = time.monotonic()
                 exchange.outcome = "peer_closed"
+                self.outcomes["peer_closed"] += 1
 
     # -- answers --------------------------------------------------------------------------
 
@@ -306,7 +321,8 @@ class FaultUpstream:
         request_id = request.headers.get("x-request-id", f"anon-{time.monotonic_ns()}")
         exchange = Exchange(request_id, kind, stream, time.monotonic())
         with self._lock:
-            self.exchanges[request_id] = exchange
+            if self.keep_exchanges:
+                self.exchanges[request_id] = exchange
             connection.current = exchange
         keep = True
         try:
@@ -323,6 +339,7 @@ class FaultUpstream:
             if exchange.outcome is None:
                 exchange.outcome = outcome
                 exchange.ended_at = time.monotonic()
+                self.outcomes[outcome] += 1
 
 
 def _completion(payload: dict[str, Any]) -> dict[str, Any]:
