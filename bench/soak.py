@@ -257,7 +257,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.trace_memory:
-        tracemalloc.start(4)
+        tracemalloc.start()
     # Injected faults are logged as warnings by design; keep the figures readable.
     logging.getLogger("asgi_autoproxy").setLevel(logging.ERROR)
     tally, extra = asyncio.run(
