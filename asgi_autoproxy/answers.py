@@ -44,21 +44,28 @@ class StreamAudit:
 
     def accept(self, events: list[bytes]) -> list[bytes]:
         for index, event in enumerate(events):
-            if not self._check(event):
+            # Fast path, nearly every event: one ``data: {...}`` line.
+            if event.startswith(b"data: {") and event.find(b"\n") == len(event) - 2:
+                try:
+                    payload = _json.loads(event[6:-2])  # a dict: the data starts with "{"
+                except _json.JSONDecodeError:
+                    self.malformed = True
+                    return events[:index]
+                if "usage" in payload or "error" in payload:
+                    self._note(payload)
+            elif not self._check(event):
                 self.malformed = True
                 return events[:index]
         return events
 
     def _check(self, event: bytes) -> bool:
-        data = _single_data(event)
-        if data is None:
-            data = event_data(event)
-            if not data:
-                return True  # a comment or keep-alive: no data to check
-            if event_name(event) == b"error":
-                self.finished = self.failed = True
-                return True
-        if data == b"[DONE]":
+        data = event_data(event)
+        if not data:
+            return True  # a comment or keep-alive: no data to check
+        if event_name(event) == b"error":
+            self.finished = self.failed = True
+            return True
+        if data.strip() == b"[DONE]":
             self.finished = True
             return True
         try:
@@ -67,17 +74,13 @@ class StreamAudit:
             return False
         if not isinstance(payload, dict):
             return False
+        self._note(payload)
+        return True
+
+    def _note(self, payload: dict[str, Any]) -> None:
         if payload.get("error") is not None:
             self.finished = self.failed = True
         elif "usage" in payload:
             usage = TokenUsage.parse(payload["usage"])
             if usage is not None:
                 self.usage = usage
-        return True
-
-
-def _single_data(event: bytes) -> bytes | None:
-    """Fast path for the usual ``data: ...\\n\\n`` event; None for anything else."""
-    if event.startswith(b"data: ") and event.find(b"\n") == len(event) - 2:
-        return event[6:-2].strip()
-    return None
