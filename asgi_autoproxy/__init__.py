@@ -11,6 +11,7 @@ from .dispatch import Cooldown, LoadBalancing, RetryPolicy
 from .errors import ProxyError
 from .limits import RateLimit
 from .middleware import AutoProxyMiddleware
+from .observability import CacheStatus, RequestHook, RequestRecord, TokenUsage
 from .openapi import openapi_document
 from .providers import (
     AnthropicProvider,
@@ -34,6 +35,7 @@ __all__ = [
     "CacheBackend",
     "CacheDecision",
     "CacheStats",
+    "CacheStatus",
     "Cooldown",
     "Endpoint",
     "HTTPProvider",
@@ -47,8 +49,11 @@ __all__ = [
     "ProxyError",
     "RateLimit",
     "RedisCache",
+    "RequestHook",
+    "RequestRecord",
     "RetryPolicy",
     "SharedLockBackend",
+    "TokenUsage",
     "UpstreamRequest",
     "UpstreamResponse",
     "__version__",

@@ -97,3 +97,22 @@ def internal_error() -> ProxyError:
         type="server_error",
         code="internal_error",
     )
+
+
+def upstream_invalid_response(provider: str, what: str) -> ProxyError:
+    return ProxyError(
+        502,
+        f"Provider {provider!r} sent an answer the proxy could not use: {what}.",
+        type="upstream_error",
+        code="upstream_invalid_response",
+    )
+
+
+def server_shutting_down() -> ProxyError:
+    return ProxyError(
+        503,
+        "The server is shutting down and cut this request short; retry it.",
+        type="server_error",
+        code="server_shutting_down",
+        headers=[("retry-after", "1")],
+    )

@@ -12,13 +12,14 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
 import httpx
 
 from . import _json
+from .answers import StreamAudit, json_answer_usage
 from .asgi import (
     ASGIApp,
     ClientDisconnected,
@@ -44,12 +45,15 @@ from .errors import (
     ProxyError,
     bad_request,
     internal_error,
+    server_shutting_down,
     unauthorized,
     upstream_stream_broken,
     upstream_timeout,
     upstream_unreachable,
 )
 from .headers import get_header
+from .idle import idle_limit
+from .lifecycle import InFlightRequests, close_backend
 from .limits import (
     DEFAULT_MAX_CONCURRENT_UPSTREAM,
     DEFAULT_MAX_HEADER_BYTES,
@@ -61,10 +65,11 @@ from .limits import (
     exceeds_parser_depth,
     too_deep,
 )
+from .observability import RequestHook, RequestReporter, RequestTrace
 from .providers.base import Endpoint, Provider, UpstreamRequest, UpstreamResponse
 from .redact import provider_secrets, scrub
 from .routing import ModelRouter
-from .sse import EventSplitter, error_event, is_done, is_error
+from .sse import EventSplitter, error_event
 
 logger = logging.getLogger("asgi_autoproxy")
 
@@ -82,6 +87,8 @@ _SSE_HEADERS = [
 ]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
+DEFAULT_STREAM_IDLE_TIMEOUT = 120.0
+DEFAULT_SHUTDOWN_GRACE = 30.0
 
 
 _HIT = ("x-bt-cached", "HIT")
@@ -110,6 +117,7 @@ class _Call:
     started: bool = False
     connected: bool = True
     on_gone: Callable[[], None] = _ignore
+    trace: RequestTrace = field(default_factory=RequestTrace)
 
     def gone(self) -> None:
         if self.connected:
@@ -132,21 +140,27 @@ class _Call:
     async def respond(self, status: int, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
         """A whole response; content-length is computed here."""
         self.started = True
+        self.trace.status = status
         encoded = self._headers(headers)
         encoded.append((b"content-length", str(len(body)).encode()))
         await self._send({"type": "http.response.start", "status": status, "headers": encoded})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
+        self.trace.completed = self.connected
 
     async def start_stream(self, headers: Iterable[tuple[str, str]]) -> None:
         self.started = True
+        self.trace.status, self.trace.streaming = 200, True
         encoded = [*_SSE_HEADERS, *self._headers(headers)]
         await self._send({"type": "http.response.start", "status": 200, "headers": encoded})
 
     async def emit(self, data: bytes) -> None:
+        if self.trace.first_byte_at is None:
+            self.trace.first_byte_at = time.perf_counter()
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end_stream(self, tail: bytes) -> None:
         await self._send({"type": "http.response.body", "body": tail, "more_body": False})
+        self.trace.completed = self.connected
 
 
 async def _watch_disconnect(receive: Receive, call: _Call) -> None:
@@ -200,6 +214,9 @@ class AutoProxyMiddleware:
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
         max_concurrent_upstream: int | None = DEFAULT_MAX_CONCURRENT_UPSTREAM,
         rate_limit: RateLimit | None = None,
+        stream_idle_timeout: float | None = DEFAULT_STREAM_IDLE_TIMEOUT,
+        shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        on_request: RequestHook | None = None,
     ) -> None:
         if not path.startswith("/") or path.endswith("/"):
             raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
@@ -262,6 +279,15 @@ class AutoProxyMiddleware:
         self._clients = SharedClients(
             client=http_client, factory=default_client_factory(client_timeout)
         )
+        # Fault tolerance and observability (see lifecycle.py, idle.py, observability.py).
+        if stream_idle_timeout is not None and stream_idle_timeout <= 0:
+            raise ValueError("stream_idle_timeout must be a positive number of seconds or None")
+        if shutdown_grace < 0:
+            raise ValueError("shutdown_grace must be zero or more seconds")
+        self._stream_idle_timeout = stream_idle_timeout
+        self._shutdown_grace = shutdown_grace
+        self._in_flight = InFlightRequests()
+        self._reporter = RequestReporter(on_request)
 
     # -- ASGI entry point -------------------------------------------------------------
 
@@ -270,7 +296,7 @@ class AutoProxyMiddleware:
         if kind == "http":
             route = self._routes.get(route_path(scope))
             if route is not None:
-                await self._serve(route, scope, receive, send)
+                await self._handle(route, scope, receive, send)
                 return
         elif kind == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
@@ -295,13 +321,45 @@ class AutoProxyMiddleware:
         return None if self._cache is None else self._cache.backend
 
     async def aclose(self) -> None:
-        """Close the HTTP client the middleware made (an injected one is left open)."""
+        """Shut down: give requests in flight ``shutdown_grace`` seconds and cut the rest,
+        then close the HTTP client the middleware made (an injected one is left open)
+        and the cache backend, when it has ``aclose()``."""
+        await self._in_flight.drain(self._shutdown_grace)
         await self._clients.aclose()
+        if self._cache is not None:
+            await close_backend(self._cache.backend)
+
+    @property
+    def requests_in_flight(self) -> int:
+        return len(self._in_flight)
 
     # -- one proxied request ------------------------------------------------------------
 
-    async def _serve(self, route: RouteKind, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _handle(self, route: RouteKind, scope: Scope, receive: Receive, send: Send) -> None:
+        """One request, tracked for graceful shutdown and reported once it ends."""
         call = _Call(request_id=_request_id(scope), send=send)
+        with self._in_flight.track() as tracked:
+            await self._serve(route, call, scope, receive)
+        if tracked.cancelled_caught:
+            await self._cut_short(call)
+        if self._reporter.enabled:
+            record = call.trace.record(
+                request_id=call.request_id,
+                method=scope["method"],
+                route=route,
+                caller_id=call.caller_id,
+            )
+            await self._reporter.report(record)
+
+    async def _cut_short(self, call: _Call) -> None:
+        error = server_shutting_down()
+        call.trace.error = error.code
+        if call.trace.streaming:
+            await call.end_stream(error_event(error.to_dict()))
+        elif not call.started:
+            await self._send_error(call, error)
+
+    async def _serve(self, route: RouteKind, call: _Call, scope: Scope, receive: Receive) -> None:
         try:
             if scope["method"] != _ROUTE_METHODS[route]:
                 raise ProxyError(
@@ -388,6 +446,7 @@ class AutoProxyMiddleware:
         receive: Receive,
     ) -> None:
         """Serve from the cache, join an identical request in flight, or call upstream."""
+        call.trace.model, call.trace.endpoint = request.model, request.endpoint
         if plan is not None and plan.decision.read:
             assert self._cache is not None
             entry = await self._cache.get(plan.key, max_age=plan.decision.max_age)
@@ -517,6 +576,9 @@ class AutoProxyMiddleware:
         body = scrub(body, self._secrets)
         status = response.status
         headers = response.headers
+        call.trace.provider, call.trace.cache = provider.name, "MISS" if plan else None
+        if 200 <= status < 300:
+            call.trace.usage = json_answer_usage(provider.name, body)
         if status >= 400 and not _is_openai_error(body):
             body = ProxyError(
                 status,
@@ -551,30 +613,36 @@ class AutoProxyMiddleware:
         if flight is not None:
             flight.start(200, headers, stream=True)
         await call.start_stream([*headers, _MISS])
+        call.trace.provider, call.trace.cache = provider.name, "MISS" if plan else None
         splitter = EventSplitter()
-        finished = False  # [DONE] or an upstream error event ended the stream
-        failed = False  # the upstream reported an error in the stream
+        audit = StreamAudit()  # how the stream ends, malformed events, token usage
         broken: str | None = None
-        try:
-            async for chunk in response.chunks:
-                events = splitter.feed(chunk)
-                if not events:
-                    continue
-                if self._secrets:  # whole events, so a key never straddles two pieces
-                    events = [scrub(event, self._secrets) for event in events]
-                for event in events:
-                    if is_done(event):
-                        finished = True
-                    elif is_error(event):
-                        finished = failed = True
-                    if flight is not None:
-                        flight.publish(event)
-                await call.emit(events[0] if len(events) == 1 else b"".join(events))
-        except httpx.TimeoutException:
-            broken = "no data arrived within the read timeout"
-        except httpx.TransportError:
-            broken = "the connection was lost"
-        if broken is None and not finished:
+        async with idle_limit(self._stream_idle_timeout) as idle:
+            try:
+                idle.waiting()
+                async for chunk in response.chunks:
+                    idle.arrived()
+                    events = audit.accept(splitter.feed(chunk))
+                    if events and self._secrets:  # whole events: a key never straddles two
+                        events = [scrub(event, self._secrets) for event in events]
+                    if events:
+                        if flight is not None:
+                            for event in events:
+                                flight.publish(event)
+                        await call.emit(events[0] if len(events) == 1 else b"".join(events))
+                    if audit.malformed:
+                        broken = "it sent an event that is not valid JSON"
+                        break
+                    idle.waiting()
+            except httpx.TimeoutException:
+                broken = "no data arrived within the read timeout"
+            except httpx.TransportError:
+                broken = "the connection was lost"
+        if idle.expired:
+            broken = f"no data arrived for {idle.seconds:g} s"
+        call.trace.usage = audit.usage
+        failed = audit.failed
+        if broken is None and not audit.finished:
             broken = "it closed before sending [DONE]"
         tail = b""
         if broken is not None:
@@ -584,7 +652,9 @@ class AutoProxyMiddleware:
                 call.request_id,
                 broken,
             )
-            tail = error_event(upstream_stream_broken(provider.name, broken).to_dict())
+            error = upstream_stream_broken(provider.name, broken)
+            call.trace.error = error.code
+            tail = error_event(error.to_dict())
         if flight is not None:
             if broken is not None:
                 flight.break_stream(tail)
@@ -619,6 +689,7 @@ class AutoProxyMiddleware:
             await flight.changed()
         if flight.state == "abandoned":
             return False
+        call.trace.cache = "COALESCED"
         if flight.state == "failed":
             assert flight.error is not None
             await self._send_error(call, flight.error)
@@ -648,6 +719,7 @@ class AutoProxyMiddleware:
     async def _send_hit(self, call: _Call, entry: CachedResponse) -> None:
         assert self._cache is not None
         headers = [*entry.headers, _HIT, ("age", str(int(self._cache.age(entry))))]
+        call.trace.cache = "HIT"
         if not entry.stream:
             await call.respond(entry.status, entry.body, headers)
             return
@@ -662,6 +734,7 @@ class AutoProxyMiddleware:
         await call.respond(status, body, [("content-type", "application/json")])
 
     async def _send_error(self, call: _Call, error: ProxyError) -> None:
+        call.trace.error = error.code
         if call.started:
             # Too late for a status: the stream already ended or carries its own error.
             return

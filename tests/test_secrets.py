@@ -96,6 +96,10 @@ ERROR_PATHS: dict[str, tuple[Step, int]] = {
     ),
     "upstream 200 echoing in plain text": (
         post(chat_body(fake={"body": f"here it is: {SERVER_KEY}!"})),
+        502,  # a 2xx that is not a JSON object is an invalid answer
+    ),
+    "upstream 200 echoing in JSON": (
+        post(chat_body(fake={"body": json.dumps({"object": "chat.completion", "x": SERVER_KEY})})),
         200,
     ),
     "upstream non-json error": (post(chat_body(fake={"status": 502, "body": SERVER_KEY})), 502),

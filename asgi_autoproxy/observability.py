@@ -1,0 +1,192 @@
+"""One record per proxied request, for the user's ``on_request`` hook and for logging.
+
+The record says what was asked (route, model), who answered (provider, status,
+cache), how long it took and what it cost (token usage); never a key or a prompt.
+A hook that raises is logged and ignored: observability must not break a request.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+CacheStatus = Literal["HIT", "MISS", "COALESCED"]
+
+request_logger = logging.getLogger("asgi_autoproxy.requests")
+_hook_logger = logging.getLogger("asgi_autoproxy")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Tokens as the upstream reported them (any may be missing)."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+
+    @classmethod
+    def parse(cls, usage: object) -> TokenUsage | None:
+        """From an OpenAI ``usage`` object; None when there is none."""
+        if not isinstance(usage, dict):
+            return None
+        found = cls(
+            _count(usage.get("prompt_tokens")),
+            _count(usage.get("completion_tokens")),
+            _count(usage.get("total_tokens")),
+        )
+        if found == _NO_USAGE:
+            return None
+        return found
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+_NO_USAGE = TokenUsage(None, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """What happened to one request the proxy served (not the ones it passed on)."""
+
+    request_id: str
+    method: str
+    route: str
+    """Which of the proxy's routes: auto, chat, completion or models."""
+    endpoint: str | None
+    """The upstream endpoint (chat or completion) once the request was understood."""
+    model: str | None
+    provider: str | None
+    """The provider that answered; None when none did (cache hit, refused, unreachable)."""
+    status: int | None
+    """The status sent to the caller; None when the caller left before any answer."""
+    stream: bool
+    """True when the answer went out as Server-Sent Events."""
+    cache: CacheStatus | None
+    """HIT, MISS, COALESCED (joined an identical request in flight); None when not cacheable."""
+    latency_s: float
+    ttfb_s: float | None
+    """Seconds until the first event of a streamed answer reached the caller."""
+    usage: TokenUsage | None
+    """Tokens billed upstream for this request; None for hits, followers and when unreported."""
+    error: str | None
+    """The code of the error the proxy reported, in the status or in the stream."""
+    client_disconnected: bool
+    """The caller left before the whole answer was sent."""
+    caller_id: str | None
+
+    def log_fields(self) -> dict[str, Any]:
+        """Flat fields for ``logging``'s ``extra=`` (names chosen not to clash with it)."""
+        fields = asdict(self)
+        usage = fields.pop("usage")
+        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            fields[name] = None if usage is None else usage[name]
+        fields["cache_status"] = fields.pop("cache")
+        return fields
+
+
+class RequestTrace:
+    """Mutable per-request notes, turned into a ``RequestRecord`` when the request ends."""
+
+    __slots__ = (
+        "cache",
+        "completed",
+        "endpoint",
+        "error",
+        "first_byte_at",
+        "model",
+        "provider",
+        "started_at",
+        "status",
+        "streaming",
+        "usage",
+    )
+
+    def __init__(self) -> None:
+        self.started_at = time.perf_counter()
+        self.first_byte_at: float | None = None
+        self.endpoint: str | None = None
+        self.model: str | None = None
+        self.provider: str | None = None
+        self.status: int | None = None
+        self.streaming = False
+        self.completed = False
+        """The whole answer reached the caller (its last body message was sent)."""
+        self.cache: CacheStatus | None = None
+        self.usage: TokenUsage | None = None
+        self.error: str | None = None
+
+    def record(
+        self,
+        *,
+        request_id: str,
+        method: str,
+        route: str,
+        caller_id: str | None,
+    ) -> RequestRecord:
+        now = time.perf_counter()
+        first = self.first_byte_at
+        return RequestRecord(
+            request_id=request_id,
+            method=method,
+            route=route,
+            endpoint=self.endpoint,
+            model=self.model,
+            provider=self.provider,
+            status=self.status,
+            stream=self.streaming,
+            cache=self.cache,
+            latency_s=now - self.started_at,
+            ttfb_s=None if first is None or not self.streaming else first - self.started_at,
+            usage=self.usage,
+            error=self.error,
+            client_disconnected=not self.completed,
+            caller_id=caller_id,
+        )
+
+
+RequestHook = Callable[[RequestRecord], "Awaitable[None] | None"]
+
+
+class RequestReporter:
+    """Sends each record to the hook and to the ``asgi_autoproxy.requests`` logger."""
+
+    def __init__(self, hook: RequestHook | None) -> None:
+        if hook is not None and not callable(hook):
+            raise TypeError(f"on_request must be a callable taking a RequestRecord, got {hook!r}")
+        self._hook = hook
+
+    @property
+    def enabled(self) -> bool:
+        """False when nobody listens, so the record is never built."""
+        return self._hook is not None or request_logger.isEnabledFor(logging.INFO)
+
+    async def report(self, record: RequestRecord) -> None:
+        if request_logger.isEnabledFor(logging.INFO):
+            request_logger.info(
+                "%s %s model=%s provider=%s status=%s cache=%s %.1f ms",
+                record.method,
+                record.route,
+                record.model,
+                record.provider,
+                record.status,
+                record.cache,
+                record.latency_s * 1000,
+                extra=record.log_fields(),
+            )
+        if self._hook is None:
+            return
+        try:
+            result = self._hook(record)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            _hook_logger.exception(
+                "on_request hook failed for request %s; the request itself was served",
+                record.request_id,
+            )
