@@ -6,7 +6,9 @@ never sends lifespan events; lifespan shutdown still closes it where one runs.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
+from typing import Literal
 
 import anyio.lowlevel
 import httpx
@@ -14,11 +16,39 @@ import httpx
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128)
 
+TransportChoice = Literal["auto", "aiohttp", "httpx"]
+"""Which transport the default client uses: ``"aiohttp"`` (fast; needs the ``fast``
+extra), ``"httpx"`` (httpx's own), or ``"auto"``: aiohttp when it is installed."""
 
-def default_client_factory(timeout: httpx.Timeout) -> Callable[[], httpx.AsyncClient]:
+
+def aiohttp_available() -> bool:
+    return importlib.util.find_spec("aiohttp") is not None
+
+
+def default_client_factory(
+    timeout: httpx.Timeout, transport: TransportChoice = "auto"
+) -> Callable[[], httpx.AsyncClient]:
+    if transport not in ("auto", "aiohttp", "httpx"):
+        raise ValueError(f"transport must be 'auto', 'aiohttp' or 'httpx', got {transport!r}")
+    use_aiohttp = transport == "aiohttp" or (transport == "auto" and aiohttp_available())
+    if use_aiohttp and not aiohttp_available():
+        raise ValueError(
+            "transport='aiohttp' needs aiohttp: pip install 'asgi_autoproxy[fast]', "
+            "or pass transport='httpx'."
+        )
+
     def make() -> httpx.AsyncClient:
+        fast: httpx.AsyncBaseTransport | None = None
+        if use_aiohttp:
+            from .transport import AiohttpTransport
+
+            fast = AiohttpTransport(limits=DEFAULT_LIMITS)
         return httpx.AsyncClient(
-            timeout=timeout, limits=DEFAULT_LIMITS, follow_redirects=False, trust_env=False
+            timeout=timeout,
+            limits=DEFAULT_LIMITS,
+            follow_redirects=False,
+            trust_env=False,
+            transport=fast,
         )
 
     return make
