@@ -32,7 +32,7 @@ from .asgi import (
     route_path,
     send_response,
 )
-from .clients import DEFAULT_TIMEOUT, SharedClients, default_client_factory
+from .clients import DEFAULT_TIMEOUT, SharedClients, TransportChoice, default_client_factory
 from .dispatch import Dispatcher
 from .errors import (
     ProxyError,
@@ -92,6 +92,7 @@ class AutoProxyMiddleware:
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         timeout: float | httpx.Timeout | None = None,
         http_client: httpx.AsyncClient | None = None,
+        http_transport: TransportChoice = "auto",
     ) -> None:
         if not path.startswith("/") or path.endswith("/"):
             raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
@@ -114,7 +115,7 @@ class AutoProxyMiddleware:
             client_timeout = httpx.Timeout(timeout)
         self._dispatcher = Dispatcher()
         self._clients = SharedClients(
-            client=http_client, factory=default_client_factory(client_timeout)
+            client=http_client, factory=default_client_factory(client_timeout, http_transport)
         )
 
     # -- ASGI entry point -------------------------------------------------------------
