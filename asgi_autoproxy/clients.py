@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import anyio.lowlevel
 import httpx
@@ -23,6 +23,32 @@ extra), ``"httpx"`` (httpx's own), or ``"auto"``: aiohttp when it is installed."
 
 def aiohttp_available() -> bool:
     return importlib.util.find_spec("aiohttp") is not None
+
+
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class CookielessAsyncClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` that never stores cookies from responses.
+
+    The shared client serves every caller: a cookie one upstream answer sets (a CDN's
+    session cookie, say) must not ride along on the next caller's request. Skipping
+    the cookie jar also saves a fair share of httpx's per-request CPU.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._no_cookies: httpx.Cookies = _NoCookies()
+        super().__init__(**kwargs)
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        return None
 
 
 def default_client_factory(
@@ -43,7 +69,7 @@ def default_client_factory(
             from .transport import AiohttpTransport
 
             fast = AiohttpTransport(limits=DEFAULT_LIMITS)
-        return httpx.AsyncClient(
+        return CookielessAsyncClient(
             timeout=timeout,
             limits=DEFAULT_LIMITS,
             follow_redirects=False,

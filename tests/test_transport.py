@@ -212,3 +212,21 @@ async def test_middleware_works_on_either_transport(
     assert whole.json()["choices"][0]["message"]["content"] == "echo #1: x"
     assert streamed.text.endswith("data: [DONE]\n\n")
     await app.aclose()
+
+
+@pytest.mark.parametrize("choice", ["aiohttp", "httpx"])
+async def test_upstream_cookies_never_reach_the_next_caller(
+    make_proxy: MakeProxy, upstream: FakeUpstream, choice: str
+) -> None:
+    """The fake upstream sets a cookie on every answer; the shared client must not keep it."""
+    app = make_proxy(http_transport=choice)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        for key in ("sk-first-caller", "sk-second-caller"):
+            response = await http.post(
+                "/v1/proxy/auto", json=chat_body(), headers={"authorization": f"Bearer {key}"}
+            )
+            assert response.status_code == 200
+    assert [r.headers.get("cookie") for r in upstream.requests] == [None, None]
+    await app.aclose()
