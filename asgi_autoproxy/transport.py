@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+from yarl import URL
 
 __all__ = ["AiohttpTransport"]
 
@@ -51,6 +52,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._verify = verify
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[_TimeoutKey, aiohttp.ClientTimeout] = {}
+        self._urls: dict[str, URL] = {}
 
     def _open_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -81,6 +83,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 self._timeouts[key] = timeout
         return timeout
 
+    def _url(self, request: httpx.Request) -> URL:
+        # A provider calls the same few URLs over and over: parse each once.
+        text = str(request.url)
+        url = self._urls.get(text)
+        if url is None:
+            url = URL(text, encoded=True)  # httpx has already percent-encoded it
+            if len(self._urls) < 256:
+                self._urls[text] = url
+        return url
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session
         if session is None or session.closed:
@@ -97,7 +109,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         with _as_httpx_errors(request):
             response = await session.request(
                 request.method,
-                str(request.url),
+                self._url(request),
                 headers=headers,
                 data=data,
                 allow_redirects=False,

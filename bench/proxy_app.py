@@ -34,7 +34,7 @@ def build() -> AutoProxyMiddleware:
     options: dict[str, Any] = {}
     if cache_supported():
         if os.environ.get("BENCH_CACHE") == "1":
-            from asgi_autoproxy import MemoryCache  # type: ignore[attr-defined]
+            from asgi_autoproxy.cache.memory import MemoryCache  # type: ignore[import-not-found]
 
             options["cache"] = MemoryCache()
         else:
