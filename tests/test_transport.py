@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -230,3 +232,43 @@ async def test_upstream_cookies_never_reach_the_next_caller(
             assert response.status_code == 200
     assert [r.headers.get("cookie") for r in upstream.requests] == [None, None]
     await app.aclose()
+
+
+async def test_streamed_request_body_is_sent_whole(
+    fast: httpx.AsyncClient, upstream: FakeUpstream, upstream_url: str
+) -> None:
+    raw = json.dumps(chat_body("in pieces")).encode()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(raw), 7):
+            yield raw[start : start + 7]
+
+    response = await fast.post(f"{upstream_url}/chat/completions", content=pieces())
+    assert response.status_code == 200
+    assert upstream.requests[0].body == raw
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: text/plain\r\n\r\nshort"],
+    ids=["no-response", "truncated-body"],
+)
+async def test_dropped_connection_is_remote_protocol_error(
+    fast: httpx.AsyncClient, reply: bytes
+) -> None:
+    async def answer_then_hang_up(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_then_hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await fast.get(f"http://127.0.0.1:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()
