@@ -272,3 +272,28 @@ async def test_dropped_connection_is_remote_protocol_error(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_waiting_for_a_pooled_connection_times_out(
+    upstream: FakeUpstream, upstream_url: str
+) -> None:
+    """With the only connection busy, the next request gives up after ``pool`` seconds."""
+    transport = AiohttpTransport(limits=httpx.Limits(max_connections=1))
+    async with httpx.AsyncClient(transport=transport, timeout=5.0) as client:
+        held = chat_body(stream=True, fake={"chunks": 2, "gate": True})
+        async with client.stream("POST", f"{upstream_url}/chat/completions", json=held) as first:
+            stream = first.aiter_bytes()
+            await stream.__anext__()
+            started = time.monotonic()
+            with pytest.raises(httpx.TimeoutException):
+                await client.post(
+                    f"{upstream_url}/chat/completions",
+                    json=chat_body(),
+                    timeout=httpx.Timeout(5.0, pool=0.2, connect=0.1),
+                )
+            assert time.monotonic() - started < 2
+            upstream.open_gate()
+            rest = b"".join([chunk async for chunk in stream])
+        assert rest.endswith(b"data: [DONE]\n\n")
+        # Once released, the connection serves the next request.
+        assert (await client.post(f"{upstream_url}/chat/completions", json=chat_body())).is_success
