@@ -22,17 +22,24 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import httpx
 from yarl import URL
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["AiohttpTransport", "ConnectionCounts"]
 
 _HTTP11 = {"http_version": b"HTTP/1.1"}
 _DEFAULT_LIMITS = httpx.Limits(max_connections=512)
 _TimeoutKey = tuple[float | None, float | None, float | None]
+
+
+class ConnectionCounts(NamedTuple):
+    idle: int
+    """Open keep-alive connections waiting in the pool."""
+    in_use: int
+    """Connections carrying a request or an unread response right now."""
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -125,6 +132,16 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             stream=_ResponseStream(response, request),
             extensions=extensions,
         )
+
+    def connection_counts(self) -> ConnectionCounts:
+        """Upstream connections open now, for leak checks and metrics."""
+        session = self._session
+        if session is None or session.closed:
+            return ConnectionCounts(0, 0)
+        # aiohttp has no public count; these two containers are its pool.
+        connector: Any = session.connector
+        idle = sum(len(conns) for conns in connector._conns.values())
+        return ConnectionCounts(idle, len(connector._acquired))
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -111,8 +111,8 @@ async def test_stream_chunks_arrive_one_by_one(
         async for chunk in response.aiter_bytes():
             received.append(chunk)
             if len(received) == 1:
+                # The upstream holds tok1 back until the gate opens: tok0 came alone.
                 assert b"tok0" in chunk and b"tok1" not in chunk
-                assert upstream.chunks_sent == 1
                 upstream.open_gate()
     text = b"".join(received)
     assert [f"tok{i}".encode() in text for i in range(4)] == [True] * 4
@@ -132,9 +132,13 @@ async def test_closing_a_stream_early_drops_the_connection(
         while upstream.disconnects == 0:  # noqa: ASYNC110
             await anyio.sleep(0.02)
     assert upstream.chunks_sent < 200
+    transport = fast._transport
+    assert isinstance(transport, AiohttpTransport)
+    assert transport.connection_counts() == (0, 0)  # dropped, not pooled
     # The pool stays usable afterwards.
     again = await fast.post(f"{upstream_url}/chat/completions", json=chat_body())
     assert again.status_code == 200
+    assert transport.connection_counts() == (1, 0)
 
 
 def _free_port() -> int:
@@ -284,6 +288,7 @@ async def test_waiting_for_a_pooled_connection_times_out(
         async with client.stream("POST", f"{upstream_url}/chat/completions", json=held) as first:
             stream = first.aiter_bytes()
             await stream.__anext__()
+            assert transport.connection_counts() == (0, 1)
             started = time.monotonic()
             with pytest.raises(httpx.TimeoutException):
                 await client.post(
