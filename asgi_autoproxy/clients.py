@@ -6,7 +6,9 @@ never sends lifespan events; lifespan shutdown still closes it where one runs.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
+from typing import Any, Literal
 
 import anyio.lowlevel
 import httpx
@@ -14,11 +16,65 @@ import httpx
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128)
 
+TransportChoice = Literal["auto", "aiohttp", "httpx"]
+"""Which transport the default client uses: ``"aiohttp"`` (fast; needs the ``fast``
+extra), ``"httpx"`` (httpx's own), or ``"auto"``: aiohttp when it is installed."""
 
-def default_client_factory(timeout: httpx.Timeout) -> Callable[[], httpx.AsyncClient]:
+
+def aiohttp_available() -> bool:
+    return importlib.util.find_spec("aiohttp") is not None
+
+
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class CookielessAsyncClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` that never stores cookies from responses.
+
+    The shared client serves every caller: a cookie one upstream answer sets (a CDN's
+    session cookie, say) must not ride along on the next caller's request. Skipping
+    the cookie jar also saves a fair share of httpx's per-request CPU.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._no_cookies: httpx.Cookies = _NoCookies()
+        super().__init__(**kwargs)
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        return None
+
+
+def default_client_factory(
+    timeout: httpx.Timeout, transport: TransportChoice = "auto"
+) -> Callable[[], httpx.AsyncClient]:
+    if transport not in ("auto", "aiohttp", "httpx"):
+        raise ValueError(f"transport must be 'auto', 'aiohttp' or 'httpx', got {transport!r}")
+    use_aiohttp = transport == "aiohttp" or (transport == "auto" and aiohttp_available())
+    if use_aiohttp and not aiohttp_available():
+        raise ValueError(
+            "transport='aiohttp' needs aiohttp: pip install 'asgi_autoproxy[fast]', "
+            "or pass transport='httpx'."
+        )
+
     def make() -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            timeout=timeout, limits=DEFAULT_LIMITS, follow_redirects=False, trust_env=False
+        fast: httpx.AsyncBaseTransport | None = None
+        if use_aiohttp:
+            from .transport import AiohttpTransport
+
+            fast = AiohttpTransport(limits=DEFAULT_LIMITS)
+        return CookielessAsyncClient(
+            timeout=timeout,
+            limits=DEFAULT_LIMITS,
+            follow_redirects=False,
+            trust_env=False,
+            transport=fast,
         )
 
     return make

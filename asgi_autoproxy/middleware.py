@@ -39,7 +39,7 @@ from .cache.keys import SHARED_CALLER, EntryKey, entry_key
 from .cache.memory import MemoryCache
 from .cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL, CacheDecision, decide
 from .cache.store import CacheStats, ResponseCache
-from .clients import DEFAULT_TIMEOUT, SharedClients, default_client_factory
+from .clients import DEFAULT_TIMEOUT, SharedClients, TransportChoice, default_client_factory
 from .dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
 from .errors import (
     ProxyError,
@@ -217,6 +217,7 @@ class AutoProxyMiddleware:
         stream_idle_timeout: float | None = DEFAULT_STREAM_IDLE_TIMEOUT,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         on_request: RequestHook | None = None,
+        http_transport: TransportChoice = "auto",
     ) -> None:
         if not path.startswith("/") or path.endswith("/"):
             raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
@@ -277,7 +278,7 @@ class AutoProxyMiddleware:
             provider_names=[p.name for p in self.router.providers],
         )
         self._clients = SharedClients(
-            client=http_client, factory=default_client_factory(client_timeout)
+            client=http_client, factory=default_client_factory(client_timeout, http_transport)
         )
         # Fault tolerance and observability (see lifecycle.py, idle.py, observability.py).
         if stream_idle_timeout is not None and stream_idle_timeout <= 0:

@@ -186,9 +186,9 @@ class FakeUpstream:
                     await _send_event(send, error)
                     break
                 chunk = _chunk(payload, chat, number, index, chunks)
-                await _send_event(send, chunk)
-                with self._lock:
+                with self._lock:  # counted first: the proxy may relay it before send returns
                     self.chunks_sent += 1
+                await _send_event(send, chunk)
                 if index == 0 and self._gate is not None and fake.get("gate"):
                     await asyncio.wait_for(self._gate.wait(), timeout=10)
                 if delay:

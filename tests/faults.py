@@ -132,10 +132,15 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def pool_connections(proxy: AutoProxyMiddleware) -> list[Any]:
-    """The proxy's pooled upstream connections (httpcore internals, read for the leak check)."""
-    client = proxy._clients.get()
-    return list(client._transport._pool.connections)  # type: ignore[attr-defined]
+def pool_counts(proxy: AutoProxyMiddleware) -> tuple[int, int]:
+    """(idle, in use) upstream connections of the proxy's client, whichever transport."""
+    transport: Any = proxy._clients.get()._transport
+    if hasattr(transport, "connection_counts"):
+        idle, in_use = transport.connection_counts()
+        return idle, in_use
+    pool = list(transport._pool.connections)  # httpcore internals, read for the leak check
+    idle = sum(1 for c in pool if c.is_idle())
+    return idle, len(pool) - idle
 
 
 def tasks_now() -> int:

@@ -1,0 +1,49 @@
+"""The yardstick: a hand-written Starlette passthrough with one shared httpx.AsyncClient.
+
+``BENCH_UPSTREAM`` is the upstream's base URL; ``BENCH_BASELINE_CACHE=1`` adds an
+exact-match dict cache of whole non-streaming answers, keyed on the raw body.
+"""
+
+import os
+from contextlib import asynccontextmanager
+
+import httpx
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+URL = os.environ["BENCH_UPSTREAM"].rstrip("/") + "/chat/completions"
+USE_CACHE = os.environ.get("BENCH_BASELINE_CACHE") == "1"
+cache: dict[bytes, tuple[int, bytes]] = {}
+shared: dict[str, httpx.AsyncClient] = {}
+
+
+@asynccontextmanager
+async def lifespan(app):
+    async with httpx.AsyncClient(timeout=60) as client:
+        shared["client"] = client
+        yield
+
+
+async def chat(request):
+    body = await request.body()
+    if USE_CACHE and (hit := cache.get(body)) is not None:
+        return Response(hit[1], hit[0], media_type="application/json")
+    client = shared["client"]
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+    upstream = client.build_request("POST", URL, content=body, headers=headers)
+    response = await client.send(upstream, stream=True)
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        return StreamingResponse(
+            response.aiter_raw(),
+            media_type="text/event-stream",
+            background=BackgroundTask(response.aclose),
+        )
+    content = await response.aread()
+    if USE_CACHE and response.status_code == 200:
+        cache[body] = (200, content)
+    return Response(content, response.status_code, media_type="application/json")
+
+
+app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])], lifespan=lifespan)

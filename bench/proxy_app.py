@@ -1,0 +1,57 @@
+"""asgi_autoproxy as the benchmark runs it, configured from the environment.
+
+``BENCH_UPSTREAM``: upstream base URL. ``BENCH_CACHE=1``: the in-memory cache on
+(otherwise off). ``BENCH_TRANSPORT``: ``auto`` (default), ``aiohttp``, ``httpx``, or
+``httpx-aiohttp`` (the ``httpx_aiohttp`` package's transport, for comparison).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import httpx
+
+from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+
+
+def cache_supported() -> bool:
+    return "cache" in inspect.signature(AutoProxyMiddleware.__init__).parameters
+
+
+async def not_found(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 404, "headers": []})
+    await send({"type": "http.response.body", "body": b"not found"})
+
+
+def build() -> AutoProxyMiddleware:
+    options: dict[str, Any] = {}
+    if cache_supported():
+        if os.environ.get("BENCH_CACHE") == "1":
+            from asgi_autoproxy.cache.memory import MemoryCache  # type: ignore[import-not-found]
+
+            options["cache"] = MemoryCache()
+        else:
+            options["cache"] = None
+    transport = os.environ.get("BENCH_TRANSPORT", "auto")
+    if transport == "httpx-aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        options["http_client"] = httpx.AsyncClient(
+            transport=AiohttpTransport(limits=httpx.Limits(max_connections=512)), timeout=60
+        )
+    else:
+        options["http_transport"] = transport
+    provider = OpenAIProvider(base_url=os.environ["BENCH_UPSTREAM"], api_key="sk-bench")
+    options["allow_anonymous"] = True  # a private loopback proxy, like the baseline
+    # path="/v1/auto" puts the sibling chat route at /v1/chat/completions, like the others.
+    return AutoProxyMiddleware(not_found, providers=[provider], path="/v1/auto", **options)
+
+
+app = build()
