@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 
 import anyio
 
+from .background import beside
+
 
 class IdleWatch:
     __slots__ = ("expired", "seconds", "waiting_since")
@@ -53,9 +55,5 @@ async def idle_limit(seconds: float | None) -> AsyncIterator[IdleWatch]:
         yield watch
         return
     with anyio.CancelScope() as scope:
-        async with anyio.create_task_group() as group:
-            group.start_soon(watch._guard, seconds, scope)
-            try:
-                yield watch
-            finally:
-                group.cancel_scope.cancel()
+        async with beside(lambda: watch._guard(seconds, scope)):
+            yield watch

@@ -32,6 +32,7 @@ from .asgi import (
     route_path,
 )
 from .auth import Authenticate, CallerAuth
+from .background import beside
 from .cache.base import CacheBackend
 from .cache.entry import CachedResponse
 from .cache.flight import Flight
@@ -511,23 +512,21 @@ class AutoProxyMiddleware:
             self._flights[plan.key.key] = flight
         failure: Exception | None = None
         try:
-            async with anyio.create_task_group() as group:
+            with anyio.CancelScope() as scope:
                 if flight is not None:
-                    flight.on_abandon(group.cancel_scope.cancel)
+                    flight.on_abandon(scope.cancel)
 
                 def caller_gone() -> None:
                     if flight is None or flight.leader_left():
-                        group.cancel_scope.cancel()
+                        scope.cancel()
 
                 call.on_gone = caller_gone
-                group.start_soon(_watch_disconnect, receive, call)
-                try:
-                    await self._exchange(call, candidates, request, plan, flight)
-                except Exception as exc:
-                    # Raised outside the group so callers see it bare, not in an ExceptionGroup.
-                    failure = exc
-                finally:
-                    group.cancel_scope.cancel()
+                async with beside(lambda: _watch_disconnect(receive, call)):
+                    try:
+                        await self._exchange(call, candidates, request, plan, flight)
+                    except Exception as exc:
+                        # Kept outside any task group so callers see it bare.
+                        failure = exc
         finally:
             if flight is not None and not flight.done:
                 flight.fail(failure if isinstance(failure, ProxyError) else None)
@@ -676,11 +675,10 @@ class AutoProxyMiddleware:
         flight.followers += 1
         served = True
         try:
-            async with anyio.create_task_group() as group:
-                call.on_gone = group.cancel_scope.cancel
-                group.start_soon(_watch_disconnect, receive, call)
-                served = await self._consume(call, flight)
-                group.cancel_scope.cancel()
+            with anyio.CancelScope() as scope:
+                call.on_gone = scope.cancel
+                async with beside(lambda: _watch_disconnect(receive, call)):
+                    served = await self._consume(call, flight)
         finally:
             flight.follower_left()
         return served

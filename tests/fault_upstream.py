@@ -418,7 +418,7 @@ async def _reset_mid_stream(conn: _Connection, payload: dict[str, Any], o: dict[
 
 async def _slow_headers(conn: _Connection, payload: dict[str, Any], o: dict[str, Any]) -> bool:
     await conn.pause(float(o.get("wait", 5)))
-    return await _ok(conn, payload, {})
+    return await _ok(conn, payload, o)  # then a normal answer, `chunks` and all
 
 
 async def _slow_body(conn: _Connection, payload: dict[str, Any], o: dict[str, Any]) -> bool:

@@ -19,7 +19,9 @@ from tests.conftest import CALLER_KEY, inner_app
 from tests.fault_upstream import RETRY_AFTER, refused_url
 
 # Short limits so slow faults cost a fraction of a second.
-FAST_TIMEOUT = httpx.Timeout(connect=2.0, read=0.3, write=2.0, pool=2.0)
+# The idle limit is shorter than the read timeout, as in the defaults (120 s vs 600 s), so
+# a stalled stream is always ended by the idle limit, never by a race with the read.
+FAST_TIMEOUT = httpx.Timeout(connect=2.0, read=0.5, write=2.0, pool=2.0)
 IDLE_TIMEOUT = 0.3
 REFUSED_MODEL = "refused-model"
 

@@ -88,7 +88,9 @@ async def run_stream(http: httpx.AsyncClient, hangup: Hangup, rng: random.Random
     headers = {"x-request-id": hangup.request_id}
     if hangup.after_events is None:
         # The upstream is slow to answer; the client gives up first.
-        body = fault_body("slow_headers", True, hangup.request_id, wait=0.3)
+        # Same chunk count as the others: if the hang-up is noticed only after the whole
+        # (complete) stream went through, caching it is right, and it is CHUNKS long.
+        body = fault_body("slow_headers", True, hangup.request_id, wait=0.3, chunks=CHUNKS)
         with anyio.move_on_after(rng.uniform(0.02, 0.2)):
             await http.post("/v1/proxy/auto", json=body, headers=headers)
             hangup.completed = True

@@ -50,7 +50,10 @@ def entry_key(
     if "stream" in body and not body["stream"]:
         # `"stream": false` and no `stream` ask for the same answer.
         body = {k: v for k, v in body.items() if k != "stream"}
-    material = b"\x00".join(
-        (KEY_VERSION, endpoint.encode(), providers.encode(), caller.encode(), _json.canonical(body))
-    )
-    return EntryKey(key=derive_key(material), secret=derive_secret(material))
+    # One pass over the (possibly megabytes of) body; key and secret both derive from the
+    # digest. The fields go first as a JSON array, so no two field lists hash alike.
+    digest = hashlib.sha256(_json.dumps([KEY_VERSION.decode(), endpoint, providers, caller]))
+    digest.update(b"\n")
+    digest.update(_json.canonical(body))
+    summary = digest.digest()
+    return EntryKey(key=derive_key(summary), secret=derive_secret(summary))
