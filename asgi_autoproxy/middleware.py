@@ -8,9 +8,9 @@ the middleware does not serve goes to the wrapped app untouched.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -755,7 +755,7 @@ def _request_id(scope: Scope) -> str:
     given = get_header(scope["headers"], b"x-request-id")
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def _parse_payload(body: bytes, max_depth: int) -> dict[str, Any]:

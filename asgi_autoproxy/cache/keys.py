@@ -25,8 +25,13 @@ ANONYMOUS_CALLER = "anonymous"
 class EntryKey:
     key: str
     """The backend key: a hex hash, safe to store and to log."""
-    secret: bytes
-    """32 bytes that encrypt the entry; never leaves the process."""
+    summary: bytes
+    """The digest of everything that identifies the entry; never leaves the process."""
+
+    @property
+    def secret(self) -> bytes:
+        """32 bytes that encrypt the entry; derived only where a backend encrypts."""
+        return derive_secret(self.summary)
 
 
 def caller_identity(credential: str | None, *, authenticated: str | None = None) -> str:
@@ -56,4 +61,4 @@ def entry_key(
     digest.update(b"\n")
     digest.update(_json.canonical(body))
     summary = digest.digest()
-    return EntryKey(key=derive_key(summary), secret=derive_secret(summary))
+    return EntryKey(key=derive_key(summary), summary=summary)
