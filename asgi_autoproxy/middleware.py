@@ -7,6 +7,7 @@ the middleware does not serve goes to the wrapped app untouched.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -86,6 +87,9 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
 ]
+# Generated ids: random per process, then a counter: unique without a syscall each.
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 DEFAULT_STREAM_IDLE_TIMEOUT = 120.0
@@ -755,7 +759,7 @@ def _request_id(scope: Scope) -> str:
     given = get_header(scope["headers"], b"x-request-id")
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
-    return os.urandom(16).hex()
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def _parse_payload(body: bytes, max_depth: int) -> dict[str, Any]:
@@ -773,7 +777,8 @@ def _parse_payload(body: bytes, max_depth: int) -> dict[str, Any]:
     model = payload.get("model")
     if model is None:
         raise bad_request("Missing required field 'model'.", param="model")
-    if not isinstance(model, str) or not model.strip():
+    # ASCII blanks only: the OpenAPI pattern below must mean the same in every regex dialect.
+    if not isinstance(model, str) or not model.strip(" \t\r\n"):
         raise bad_request("Field 'model' must be a non-empty string.", param="model")
     stream = payload.get("stream")
     if stream is not None and not isinstance(stream, bool):

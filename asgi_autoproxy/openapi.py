@@ -167,7 +167,7 @@ def openapi_document(
 
 def _components() -> dict[str, Any]:
     common = {
-        "model": {"type": "string", "minLength": 1},
+        "model": {"type": "string", "minLength": 1, "pattern": "[^ \\t\\r\\n]"},
         "stream": {"type": "boolean"},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
         "seed": {"type": "integer"},

@@ -40,11 +40,11 @@ class RecordingCache(MemoryCache):
         super().__init__()
         self.written: list[CachedResponse] = []
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
-        entry = CachedResponse.decode(value)
-        assert entry is not None
+    def set_object(self, key: str, value: Any, size: int, ttl: float) -> None:
+        entry = CachedResponse.decode(value) if isinstance(value, bytes) else value
+        assert isinstance(entry, CachedResponse)
         self.written.append(entry)
-        await super().set(key, value, ttl)
+        super().set_object(key, value, size, ttl)
 
 
 class LoopSpy:

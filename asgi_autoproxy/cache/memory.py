@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cachetools import TLRUCache
 
@@ -22,23 +23,33 @@ class MemoryCacheStats:
     bytes: int = 0
 
 
-class _TLRU(TLRUCache[str, tuple[bytes, float]]):
+class Encodable(Protocol):
+    """A value kept as an object in memory, turned into bytes only if asked for bytes."""
+
+    def encode(self) -> bytes: ...
+
+
+# (value, ttl seconds, size in bytes)
+_Slot = tuple[bytes | Encodable, float, int]
+
+
+class _TLRU(TLRUCache[str, _Slot]):
     def __init__(self, max_bytes: int, timer: Callable[[], float]) -> None:
         super().__init__(max_bytes, _time_to_use, timer, _entry_size)
         self.evictions = 0
 
-    def popitem(self) -> tuple[str, tuple[bytes, float]]:
+    def popitem(self) -> tuple[str, _Slot]:
         item = super().popitem()
         self.evictions += 1
         return item
 
 
-def _time_to_use(key: str, value: tuple[bytes, float], now: float) -> float:
+def _time_to_use(key: str, value: _Slot, now: float) -> float:
     return now + value[1]
 
 
-def _entry_size(value: tuple[bytes, float]) -> int:
-    return len(value[0]) + _ENTRY_OVERHEAD
+def _entry_size(value: _Slot) -> int:
+    return value[2] + _ENTRY_OVERHEAD
 
 
 class MemoryCache:
@@ -66,6 +77,16 @@ class MemoryCache:
         self._misses = 0
 
     async def get(self, key: str) -> bytes | None:
+        found = self.get_object(key)
+        if found is None or isinstance(found, bytes):
+            return found
+        return found.encode()
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self.set_object(key, value, len(value), ttl)
+
+    def get_object(self, key: str) -> bytes | Encodable | None:
+        """The value as stored: the middleware keeps decoded entries, skipping the bytes."""
         with self._lock:
             found = self._data.get(key)
             if found is None:
@@ -74,12 +95,13 @@ class MemoryCache:
             self._hits += 1
             return found[0]
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
+    def set_object(self, key: str, value: bytes | Encodable, size: int, ttl: float) -> None:
+        """Store ``value`` as it is, counted as ``size`` bytes against ``max_bytes``."""
         if ttl <= 0:
             return
         with self._lock:
             try:
-                self._data[key] = (value, float(ttl))
+                self._data[key] = (value, float(ttl), size)
             except ValueError:  # a single value larger than max_bytes: not cached
                 self._data.pop(key, None)
                 return

@@ -22,6 +22,9 @@ from .memory import MemoryCache
 
 logger = logging.getLogger("asgi_autoproxy.cache")
 
+# What an entry's status, headers and bookkeeping roughly add to its body's size.
+_ENTRY_HEADER_SIZE = 512
+
 
 @dataclass(slots=True)
 class CacheStats:
@@ -44,7 +47,8 @@ class ResponseCache:
             raise TypeError(f"cache={backend!r} does not implement CacheBackend (get, set, delete)")
         self.backend = backend
         self.encrypt = bool(getattr(backend, "encrypt", False))
-        # An in-process dict cannot hang; skip the cancel-scope cost on its hot path.
+        # An in-process cache cannot hang or fail, and needs no bytes: it keeps the objects.
+        self._memory = backend if isinstance(backend, MemoryCache) and not self.encrypt else None
         self.timeout = None if isinstance(backend, MemoryCache) else timeout
         self.clock = clock
         self.stats = CacheStats()
@@ -80,16 +84,21 @@ class ResponseCache:
         return None if raw is None else self._open(key, raw)
 
     async def get(self, key: EntryKey, *, max_age: float | None) -> CachedResponse | None:
-        try:
-            if self.timeout is None:
-                raw = await self.backend.get(key.key)
-            else:
-                with anyio.fail_after(self.timeout):
+        entry: CachedResponse | None = None
+        if self._memory is not None:
+            found = self._memory.get_object(key.key)
+            entry = found if isinstance(found, CachedResponse) else None
+        else:
+            try:
+                if self.timeout is None:
                     raw = await self.backend.get(key.key)
-        except Exception as exc:
-            self._failed("get", key, exc)
-            raw = None
-        entry = self._open(key, raw) if raw is not None else None
+                else:
+                    with anyio.fail_after(self.timeout):
+                        raw = await self.backend.get(key.key)
+            except Exception as exc:
+                self._failed("get", key, exc)
+                raw = None
+            entry = self._open(key, raw) if raw is not None else None
         if entry is not None and max_age is not None and self.age(entry) > max_age:
             entry = None
         if entry is None:
@@ -99,6 +108,11 @@ class ResponseCache:
         return entry
 
     async def put(self, key: EntryKey, entry: CachedResponse, ttl: int) -> None:
+        if self._memory is not None:
+            # In-process: keep the object itself, no bytes in between, counted at its size.
+            self._memory.set_object(key.key, entry, entry.size + _ENTRY_HEADER_SIZE, ttl)
+            self.stats.writes += 1
+            return
         value = entry.encode()
         if self.encrypt:
             value = crypto.seal(key.secret, value, aad=key.key.encode())
