@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.fake_upstream import RecordedRequest
+from tests.servers import read_request
 
 MESSAGE_ID = "msg_01XFDUDYJgAACzvnptvVoYEL"
 TOOL_CALLS = [
@@ -48,13 +49,7 @@ class FakeAnthropic:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        header_list = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        body, header_list = await read_request(scope, receive)
         with self._lock:
             self.requests.append(
                 RecordedRequest(

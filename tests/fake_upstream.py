@@ -25,6 +25,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.servers import read_request
+
 
 @dataclass
 class RecordedRequest:
@@ -78,13 +80,7 @@ class FakeUpstream:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        header_list = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        body, header_list = await read_request(scope, receive)
         recorded = RecordedRequest(
             method=scope["method"],
             path=scope["path"],

@@ -6,8 +6,8 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -57,3 +57,33 @@ def serve(app: Any, *, lifespan: str = "off") -> Iterator[ServerThread]:
         yield server
     finally:
         server.stop()
+
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def serve_fleet(make: Callable[[], T], count: int) -> Iterator[list[tuple[T, ServerThread]]]:
+    """``count`` fresh apps from ``make``, each served on its own port."""
+    fleet: list[tuple[T, ServerThread]] = []
+    try:
+        for _ in range(count):
+            app = make()
+            server = ServerThread(app)
+            server.start()
+            fleet.append((app, server))
+        yield fleet
+    finally:
+        for _, server in fleet:
+            server.stop()
+
+
+async def read_request(scope: Any, receive: Any) -> tuple[bytes, list[tuple[str, str]]]:
+    """A test server's view of a request: its whole body and its decoded headers."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    return body, [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]

@@ -26,7 +26,7 @@ from asgi_autoproxy.errors import ProxyError
 from asgi_autoproxy.providers.anthropic_request import JSON_TOOL_NAME, to_messages_request
 from tests.conftest import CALLER_KEY, SERVER_KEY, inner_app
 from tests.fake_anthropic import MESSAGE_ID, TOOL_CALLS, FakeAnthropic, _events, _message
-from tests.servers import ServerThread
+from tests.servers import ServerThread, serve_fleet
 
 pytestmark = pytest.mark.anyio
 
@@ -69,15 +69,8 @@ def chat(content: Any = "Hi", **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def _anthropic_servers() -> Iterator[list[tuple[FakeAnthropic, ServerThread]]]:
-    pairs = []
-    for _ in range(2):
-        fake = FakeAnthropic()
-        server = ServerThread(fake)
-        server.start()
-        pairs.append((fake, server))
-    yield pairs
-    for _, server in pairs:
-        server.stop()
+    with serve_fleet(FakeAnthropic, 2) as fleet:
+        yield fleet
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from asgi_autoproxy import AutoProxyMiddleware, Cooldown, OpenAIProvider, RetryP
 from asgi_autoproxy.dispatch import _retry_after
 from tests.conftest import SERVER_KEY, chat_body, inner_app
 from tests.fake_upstream import FakeUpstream
-from tests.servers import ServerThread
+from tests.servers import ServerThread, serve_fleet
 
 pytestmark = pytest.mark.anyio
 
@@ -29,15 +29,8 @@ FAST_RETRY = RetryPolicy(max_retries=0, backoff=0.001, max_backoff=0.01)
 
 @pytest.fixture(scope="module")
 def _fleet() -> Iterator[list[tuple[FakeUpstream, ServerThread]]]:
-    servers = []
-    for _ in range(3):
-        fake = FakeUpstream()
-        server = ServerThread(fake)
-        server.start()
-        servers.append((fake, server))
-    yield servers
-    for _, server in servers:
-        server.stop()
+    with serve_fleet(FakeUpstream, 3) as fleet:
+        yield fleet
 
 
 @pytest.fixture
