@@ -36,7 +36,8 @@ def build() -> AutoProxyMiddleware:
         if os.environ.get("BENCH_CACHE") == "1":
             from asgi_autoproxy.cache.memory import MemoryCache  # type: ignore[import-not-found]
 
-            options["cache"] = MemoryCache()
+            max_bytes = int(os.environ.get("BENCH_CACHE_MAX_BYTES", 256 * 1024 * 1024))
+            options["cache"] = MemoryCache(max_bytes=max_bytes, max_entries=1_000_000)
         else:
             options["cache"] = None
     transport = os.environ.get("BENCH_TRANSPORT", "auto")

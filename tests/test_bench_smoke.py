@@ -40,3 +40,20 @@ def test_bench_quick_slice_runs_and_reports(tmp_path: Path) -> None:
     assert all(cell["p50_ms"] >= 190 and cell["ttfb_p50_ms"] < 150 for cell in streams)
     report = output.read_text()
     assert "## Non-streaming misses" in report and "| asgi_autoproxy, cache off | 4 |" in report
+
+
+def test_memory_bench_slice_runs_and_judges() -> None:
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "memory.py"),
+        "--requests=400",
+        "--distinct=50",
+        "--after=100",
+        "--concurrency=4",
+    ]
+    result = subprocess.run(command, cwd=ROOT, timeout=90, capture_output=True, text=True)
+    assert "0 errors" in result.stdout, result.stdout + result.stderr
+    assert "asgi_autoproxy, MemoryCache(max_bytes=8 MiB)" in result.stdout
+    # Both verdicts are printed; 400 small requests cannot grow anything by megabytes.
+    assert result.stdout.count(": pass") == 2, result.stdout
+    assert result.returncode == 0
