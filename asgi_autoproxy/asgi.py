@@ -20,6 +20,17 @@ class ClientDisconnected(Exception):
     """The caller went away; there is nobody left to answer."""
 
 
+async def serve_lifespan(receive: Receive, send: Send) -> None:
+    """Answer a lifespan scope for an app with nothing to start or stop."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def route_path(scope: Scope) -> str:
     """The path below ``root_path``, so a mounted app matches its own routes."""
     path: str = scope["path"]

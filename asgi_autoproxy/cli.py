@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import __version__
-from .asgi import JSON_CONTENT_TYPE, ASGIApp, Receive, Scope, Send, send_response
+from .asgi import JSON_CONTENT_TYPE, ASGIApp, Receive, Scope, Send, send_response, serve_lifespan
 from .errors import ProxyError
 from .middleware import AutoProxyMiddleware
 from .providers import OpenAIProvider
@@ -44,13 +44,8 @@ def standalone_app(proxy_path: str) -> ASGIApp:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return  # uvicorn refuses a websocket the app never accepts
         if scope["path"] == HEALTH_PATH and scope["method"] in ("GET", "HEAD"):

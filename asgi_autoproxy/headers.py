@@ -4,21 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-# RFC 9110 section 7.6.1, plus the de-facto ones proxies must not forward.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-
 # Upstream headers worth passing to the caller. An allow-list, so that cookies, server
 # banners, CORS headers and account details (openai-organization) never leak through.
 _PASSED_EXACT = frozenset(

@@ -64,10 +64,6 @@ def event_name(event: bytes) -> bytes | None:
     return None
 
 
-def is_done(event: bytes) -> bool:
-    return b"[DONE]" in event and event_data(event).strip() == b"[DONE]"
-
-
 def is_error(event: bytes) -> bool:
     """An event that reports a failure: ``event: error`` or a JSON body with ``error``."""
     if b"error" not in event:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy.asgi import serve_lifespan
 
 
 def cache_supported() -> bool:
@@ -22,9 +23,7 @@ def cache_supported() -> bool:
 
 async def not_found(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await serve_lifespan(receive, send)
         return
     await send({"type": "http.response.start", "status": 404, "headers": []})
     await send({"type": "http.response.body", "body": b"not found"})
