@@ -7,11 +7,14 @@ never sends lifespan events; lifespan shutdown still closes it where one runs.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.lowlevel
 import httpx
+
+if TYPE_CHECKING:
+    from .transport import AiohttpTransport, DirectResponse
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128)
@@ -41,6 +44,8 @@ class CookielessAsyncClient(httpx.AsyncClient):
     def __init__(self, **kwargs: Any) -> None:
         self._no_cookies: httpx.Cookies = _NoCookies()
         super().__init__(**kwargs)
+        self.direct: DirectLane | None = None
+        """Set on the clients this package makes over aiohttp (see ``direct_lane``)."""
 
     @property
     def cookies(self) -> httpx.Cookies:
@@ -49,6 +54,31 @@ class CookielessAsyncClient(httpx.AsyncClient):
     @cookies.setter
     def cookies(self, cookies: object) -> None:
         return None
+
+
+class DirectLane:
+    """The built-in providers' shortcut through a client this package made.
+
+    httpx's request and response machinery costs about twice what the aiohttp
+    transport underneath it does. For a client the middleware made itself (no auth,
+    hooks, proxies or cookies to honour), the built-in providers post straight to the
+    transport, with the same headers, timeouts and errors as through the client.
+    Injected clients, and every custom provider, keep the whole httpx path.
+    """
+
+    def __init__(self, transport: AiohttpTransport, client: httpx.AsyncClient) -> None:
+        self._transport = transport
+        self._defaults = dict(client.headers.items())  # lower-case names
+        self._timeout = client.timeout
+
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> DirectResponse:
+        """``headers`` (lower-case names) override the client's defaults, as in httpx."""
+        merged = {**self._defaults, **headers}
+        return await self._transport.post(url, list(merged.items()), body, self._timeout)
+
+
+def direct_lane(client: httpx.AsyncClient) -> DirectLane | None:
+    return client.direct if isinstance(client, CookielessAsyncClient) else None
 
 
 def default_client_factory(
@@ -64,18 +94,21 @@ def default_client_factory(
         )
 
     def make() -> httpx.AsyncClient:
-        fast: httpx.AsyncBaseTransport | None = None
+        fast: AiohttpTransport | None = None
         if use_aiohttp:
             from .transport import AiohttpTransport
 
             fast = AiohttpTransport(limits=DEFAULT_LIMITS)
-        return CookielessAsyncClient(
+        client = CookielessAsyncClient(
             timeout=timeout,
             limits=DEFAULT_LIMITS,
             follow_redirects=False,
             trust_env=False,
             transport=fast,
         )
+        if fast is not None:
+            client.direct = DirectLane(fast, client)
+        return client
 
     return make
 

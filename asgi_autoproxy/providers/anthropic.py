@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 import httpx
 
 from .. import _json
-from ..headers import filter_upstream_headers
 from ..sse import EventSplitter, event_data, event_name
 from .anthropic_request import DEFAULT_MAX_TOKENS, to_messages_request
 from .anthropic_response import StreamTranslator, chat_completion, openai_error
@@ -50,7 +49,7 @@ class AnthropicProvider(HTTPProvider):
         if default_max_tokens < 1:
             raise ValueError("default_max_tokens must be a positive number of tokens")
         self.base_url = base_url.rstrip("/")
-        self._url = httpx.URL(f"{self.base_url}/v1/messages")
+        self._url = str(httpx.URL(f"{self.base_url}/v1/messages"))
         self._default_max_tokens = default_max_tokens
         self._version = anthropic_version
 
@@ -63,36 +62,26 @@ class AnthropicProvider(HTTPProvider):
         key = self.key_for(request.credential)
         if key:
             headers["x-api-key"] = key
-        upstream = client.build_request(
-            "POST", self._url, content=_json.dumps(translated.body), headers=headers
-        )
-        response = await client.send(upstream, stream=True)
-        passed = [
-            (k, v)
-            for k, v in filter_upstream_headers(response.headers.multi_items())
-            if k != "content-type"
-        ]
+        answer = await self.post(client, self._url, headers, _json.dumps(translated.body))
+        passed = [(k, v) for k, v in answer.headers if k != "content-type"]
         created = int(time.time())
-        streaming = response.headers.get("content-type", "").startswith("text/event-stream")
-        if response.status_code == 200 and request.stream and streaming:
+        if answer.status == 200 and request.stream and answer.is_event_stream:
             translator = StreamTranslator(
                 model=request.model, json_tool=translated.json_tool, created=created
             )
             return UpstreamResponse(
                 status=200,
                 headers=[*passed, _EVENT_STREAM],
-                chunks=_translated_events(response, translator),
-                aclose=response.aclose,
+                chunks=_translated_events(answer.chunks, translator),
+                aclose=answer.aclose,
             )
         try:
-            raw = await response.aread()
+            raw = await answer.read()
         finally:
-            await response.aclose()
-        if response.status_code != 200:
-            error = openai_error(response.status_code, raw)
-            return UpstreamResponse.from_bytes(
-                response.status_code, _json.dumps(error), [*passed, _JSON]
-            )
+            await answer.aclose()
+        if answer.status != 200:
+            error = openai_error(answer.status, raw)
+            return UpstreamResponse.from_bytes(answer.status, _json.dumps(error), [*passed, _JSON])
         try:
             message = _json.loads(raw)
             if not isinstance(message, dict):
@@ -109,10 +98,10 @@ class AnthropicProvider(HTTPProvider):
 
 
 async def _translated_events(
-    response: httpx.Response, translator: StreamTranslator
+    chunks: AsyncIterator[bytes], translator: StreamTranslator
 ) -> AsyncIterator[bytes]:
     splitter = EventSplitter()
-    async for chunk in response.aiter_bytes():
+    async for chunk in chunks:
         out: list[bytes] = []
         for event in splitter.feed(chunk):
             data = event_data(event)

@@ -75,8 +75,5 @@ class AzureOpenAIProvider(HTTPProvider):
         key = self.key_for(request.credential)
         if key:
             headers["api-key"] = key
-        upstream = client.build_request(
-            "POST", self.url(request.model, request.endpoint), content=request.body, headers=headers
-        )
-        response = await client.send(upstream, stream=True)
-        return UpstreamResponse.from_httpx(response)
+        url = self.url(request.model, request.endpoint)
+        return await self.post(client, url, headers, request.body)

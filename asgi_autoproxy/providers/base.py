@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ..clients import direct_lane
 from ..headers import filter_upstream_headers
 
 Endpoint = Literal["chat", "completion"]
@@ -205,6 +206,26 @@ class HTTPProvider:
     def key_for(self, credential: str | None) -> str | None:
         """The key to send upstream: the server-held one, else the caller's own."""
         return self._api_key or credential
+
+    async def post(
+        self, client: httpx.AsyncClient, url: httpx.URL | str, headers: dict[str, str], body: bytes
+    ) -> UpstreamResponse:
+        """POST ``body`` and return the answer unread; ``headers`` must be lower-case.
+
+        Through the client's direct lane where it has one (see ``clients.DirectLane``),
+        else through httpx as any provider would.
+        """
+        lane = direct_lane(client)
+        if lane is not None:
+            answer = await lane.post(str(url), headers, body)
+            return UpstreamResponse(
+                status=answer.status,
+                headers=filter_upstream_headers(answer.headers),
+                chunks=aiter(answer.body),
+                aclose=answer.body.aclose,
+            )
+        upstream = client.build_request("POST", url, content=body, headers=headers)
+        return UpstreamResponse.from_httpx(await client.send(upstream, stream=True))
 
     def base_headers(self, request: UpstreamRequest) -> dict[str, str]:
         return {

@@ -36,8 +36,9 @@ class OpenAIProvider(HTTPProvider):
             endpoints=endpoints,
         )
         self.base_url = base_url.rstrip("/")
+        # Percent-encoded once, as httpx would on every request.
         self._urls = {
-            ep: httpx.URL(f"{self.base_url}/{path}") for ep, path in ENDPOINT_PATHS.items()
+            ep: str(httpx.URL(f"{self.base_url}/{path}")) for ep, path in ENDPOINT_PATHS.items()
         }
 
     async def send(self, request: UpstreamRequest, client: httpx.AsyncClient) -> UpstreamResponse:
@@ -45,8 +46,4 @@ class OpenAIProvider(HTTPProvider):
         key = self.key_for(request.credential)
         if key:
             headers["authorization"] = f"Bearer {key}"
-        upstream = client.build_request(
-            "POST", self._urls[request.endpoint], content=request.body, headers=headers
-        )
-        response = await client.send(upstream, stream=True)
-        return UpstreamResponse.from_httpx(response)
+        return await self.post(client, self._urls[request.endpoint], headers, request.body)
