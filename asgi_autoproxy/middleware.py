@@ -344,9 +344,7 @@ class AutoProxyMiddleware:
     async def _handle(self, route: RouteKind, scope: Scope, receive: Receive, send: Send) -> None:
         """One request, tracked for graceful shutdown and reported once it ends."""
         call = _Call(request_id=_request_id(scope), send=send)
-        with self._in_flight.track() as tracked:
-            await self._serve(route, call, scope, receive)
-        if tracked.cancelled_caught:
+        if await self._in_flight.run(self._serve(route, call, scope, receive)):
             await self._cut_short(call)
         if self._reporter.enabled:
             record = call.trace.record(
