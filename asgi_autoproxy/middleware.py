@@ -53,7 +53,7 @@ from .errors import (
     upstream_timeout,
     upstream_unreachable,
 )
-from .headers import get_header
+from .headers import RequestHeaders
 from .idle import idle_limit
 from .lifecycle import InFlightRequests, close_backend
 from .limits import (
@@ -343,8 +343,9 @@ class AutoProxyMiddleware:
 
     async def _handle(self, route: RouteKind, scope: Scope, receive: Receive, send: Send) -> None:
         """One request, tracked for graceful shutdown and reported once it ends."""
-        call = _Call(request_id=_request_id(scope), send=send)
-        if await self._in_flight.run(self._serve(route, call, scope, receive)):
+        headers = RequestHeaders(scope["headers"])
+        call = _Call(request_id=_request_id(headers.request_id), send=send)
+        if await self._in_flight.run(self._serve(route, call, scope, headers, receive)):
             await self._cut_short(call)
         if self._reporter.enabled:
             record = call.trace.record(
@@ -363,7 +364,14 @@ class AutoProxyMiddleware:
         elif not call.started:
             await self._send_error(call, error)
 
-    async def _serve(self, route: RouteKind, call: _Call, scope: Scope, receive: Receive) -> None:
+    async def _serve(
+        self,
+        route: RouteKind,
+        call: _Call,
+        scope: Scope,
+        headers: RequestHeaders,
+        receive: Receive,
+    ) -> None:
         try:
             if scope["method"] != _ROUTE_METHODS[route]:
                 raise ProxyError(
@@ -372,14 +380,14 @@ class AutoProxyMiddleware:
                     code="method_not_allowed",
                     headers=[("allow", _ROUTE_METHODS[route])],
                 )
-            self._limits.check_headers(scope["headers"])
-            caller = await self._auth.identify(scope)
+            self._limits.check_headers(headers)
+            caller = await self._auth.identify(headers.credential, scope)
             call.caller_id = caller.id
             self._limits.check_rate(caller.id)
             if route == "models":
                 await self._send_json(call, 200, _json.dumps(self._models_body()))
                 return
-            body = await read_body(scope, receive, self.max_body_size)
+            body = await read_body(receive, self.max_body_size, headers.content_length)
             payload = _parse_payload(body, self._limits.max_json_depth)
             model = payload["model"]
             endpoint: Endpoint = (
@@ -400,9 +408,9 @@ class AutoProxyMiddleware:
                 stream=payload.get("stream") is True,
                 credential=credential,
                 request_id=call.request_id,
-                endpoint_name=get_header(scope["headers"], b"x-bt-endpoint-name"),
+                endpoint_name=headers.endpoint_name,
             )
-            plan = self._cache_plan(scope, request, candidates, caller.cache_scope)
+            plan = self._cache_plan(headers, request, candidates, caller.cache_scope)
             await self._answer(call, candidates, request, plan, receive)
         except ClientDisconnected:
             return
@@ -414,19 +422,18 @@ class AutoProxyMiddleware:
 
     def _cache_plan(
         self,
-        scope: Scope,
+        headers: RequestHeaders,
         request: UpstreamRequest,
         candidates: Sequence[Provider],
         caller_scope: str,
     ) -> _CachePlan | None:
         if self._cache is None:
             return None
-        headers = scope["headers"]
         decision = decide(
             request.payload,
-            use_cache=get_header(headers, b"x-bt-use-cache"),
-            cache_ttl=get_header(headers, b"x-bt-cache-ttl"),
-            cache_control=get_header(headers, b"cache-control"),
+            use_cache=headers.use_cache,
+            cache_ttl=headers.cache_ttl,
+            cache_control=headers.cache_control,
             default_ttl=self._cache_ttl,
         )
         if not (decision.read or decision.write):
@@ -753,8 +760,7 @@ class AutoProxyMiddleware:
         }
 
 
-def _request_id(scope: Scope) -> str:
-    given = get_header(scope["headers"], b"x-request-id")
+def _request_id(given: str | None) -> str:
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
