@@ -22,6 +22,7 @@ import httpx
 from . import _json
 from .answers import StreamAudit, json_answer_usage
 from .asgi import (
+    JSON_CONTENT_TYPE,
     ASGIApp,
     ClientDisconnected,
     Message,
@@ -96,8 +97,8 @@ DEFAULT_STREAM_IDLE_TIMEOUT = 120.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
 
 
-_HIT = ("x-bt-cached", "HIT")
-_MISS = ("x-bt-cached", "MISS")
+_HIT = (b"x-bt-cached", b"HIT")
+_MISS = (b"x-bt-cached", b"MISS")
 _MAX_FOLLOW_ATTEMPTS = 3
 
 
@@ -137,25 +138,21 @@ class _Call:
         except OSError:  # some servers raise once the client has gone
             self.gone()
 
-    def _headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-        encoded = encode_headers(headers)
-        encoded.append((b"x-request-id", self.request_id.encode()))
-        return encoded
-
-    async def respond(self, status: int, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
-        """A whole response; content-length is computed here."""
+    async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """A whole response. ``headers`` (encoded, and handed over: they are appended to)
+        get the request id and content-length here."""
         self.started = True
         self.trace.status = status
-        encoded = self._headers(headers)
-        encoded.append((b"content-length", str(len(body)).encode()))
-        await self._send({"type": "http.response.start", "status": status, "headers": encoded})
+        headers.append((b"x-request-id", self.request_id.encode()))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
         self.trace.completed = self.connected
 
-    async def start_stream(self, headers: Iterable[tuple[str, str]]) -> None:
+    async def start_stream(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
         self.started = True
         self.trace.status, self.trace.streaming = 200, True
-        encoded = [*_SSE_HEADERS, *self._headers(headers)]
+        encoded = [*_SSE_HEADERS, *headers, (b"x-request-id", self.request_id.encode())]
         await self._send({"type": "http.response.start", "status": 200, "headers": encoded})
 
     async def emit(self, data: bytes) -> None:
@@ -598,17 +595,19 @@ class AutoProxyMiddleware:
             ).to_body()
             headers = [(k, v) for k, v in headers if k != "content-type"]
             headers.append(("content-type", "application/json"))
-        cache_headers: list[tuple[str, str]] = []
+        encoded = encode_headers(headers)
+        cache_headers: list[tuple[bytes, bytes]] = []
         if plan is not None and plan.decision.write and 200 <= status < 300:
             assert self._cache is not None
-            entry = CachedResponse(status, tuple(headers), (body,), False, self._cache.clock())
+            entry = CachedResponse(status, tuple(encoded), (body,), False, self._cache.clock())
             await self._cache.put(plan.key, entry, plan.decision.ttl)
-            cache_headers = [("cache-control", f"max-age={plan.decision.ttl}"), ("age", "0")]
+            max_age = f"max-age={plan.decision.ttl}".encode()
+            cache_headers = [(b"cache-control", max_age), (b"age", b"0")]
         if flight is not None:
-            flight.start(status, headers, stream=False)
+            flight.start(status, encoded, stream=False)
             flight.publish(body)
             flight.complete()
-        await call.respond(status, body, [*headers, *cache_headers, _MISS])
+        await call.respond(status, body, [*encoded, *cache_headers, _MISS])
 
     async def _relay_stream(
         self,
@@ -618,7 +617,7 @@ class AutoProxyMiddleware:
         plan: _CachePlan | None,
         flight: Flight | None,
     ) -> None:
-        headers = [(k, v) for k, v in response.headers if k != "content-type"]
+        headers = encode_headers((k, v) for k, v in response.headers if k != "content-type")
         if flight is not None:
             flight.start(200, headers, stream=True)
         await call.start_stream([*headers, _MISS])
@@ -726,7 +725,7 @@ class AutoProxyMiddleware:
 
     async def _send_hit(self, call: _Call, entry: CachedResponse) -> None:
         assert self._cache is not None
-        headers = [*entry.headers, _HIT, ("age", str(int(self._cache.age(entry))))]
+        headers = [*entry.headers, _HIT, (b"age", str(int(self._cache.age(entry))).encode())]
         call.trace.cache = "HIT"
         if not entry.stream:
             await call.respond(entry.status, entry.body, headers)
@@ -739,14 +738,14 @@ class AutoProxyMiddleware:
     # -- responses ----------------------------------------------------------------------
 
     async def _send_json(self, call: _Call, status: int, body: bytes) -> None:
-        await call.respond(status, body, [("content-type", "application/json")])
+        await call.respond(status, body, [JSON_CONTENT_TYPE])
 
     async def _send_error(self, call: _Call, error: ProxyError) -> None:
         call.trace.error = error.code
         if call.started:
             # Too late for a status: the stream already ended or carries its own error.
             return
-        headers = [("content-type", "application/json"), *error.headers]
+        headers = [JSON_CONTENT_TYPE, *encode_headers(error.headers)]
         await call.respond(error.status, error.to_body(), headers)
 
     def _models_body(self) -> dict[str, Any]:
