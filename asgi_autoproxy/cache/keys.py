@@ -31,7 +31,7 @@ SHARED_CALLER = "shared"
 ANONYMOUS_CALLER = "anonymous"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: that doubles its cost, and a hit makes one
 class EntryKey:
     key: str
     """The backend key: a hex hash, safe to store and to log."""
