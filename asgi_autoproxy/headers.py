@@ -94,13 +94,12 @@ class RequestHeaders:
                     self.cache_ttl = value.decode("latin-1")
             elif self.cache_control is None:  # cache-control
                 self.cache_control = value.decode("latin-1")
+        # For the 431 limits: how many headers, and their names' and values' bytes.
         self.count = count
-        """How many headers, and their names' and values' bytes together (for limits)."""
         self.size = size
         if bearer is None and api_key is not None:
             bearer = api_key.decode("latin-1").strip() or None
         self.credential = bearer
-        """The caller's API key, or None."""
 
 
 _READ = frozenset(
