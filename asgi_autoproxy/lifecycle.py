@@ -55,8 +55,7 @@ class InFlightRequests:
             return True
         finally:
             self._tasks.discard(task)
-            if task in self._cut:
-                self._cut.discard(task)
+            self._cut.discard(task)
             self._note_finished()
         return False
 
