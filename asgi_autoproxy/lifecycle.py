@@ -1,16 +1,16 @@
 """Graceful shutdown: requests in flight get a grace period, then are cut cleanly.
 
-Each request the proxy serves runs inside a cancel scope registered here. On
-shutdown the middleware waits for them up to ``shutdown_grace`` seconds, cancels
-the rest (they end with a 503 or a final SSE error event), then closes its HTTP
-client and the cache backend.
+The middleware runs each request through ``InFlightRequests.run``. On shutdown it
+waits for them up to ``shutdown_grace`` seconds, cancels the rest (they end with a
+503 or a final SSE error event), then closes its HTTP client and the cache backend.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable
+from typing import Any
 
 import anyio
 
@@ -20,43 +20,79 @@ logger = logging.getLogger("asgi_autoproxy")
 _CUT_WAIT = 5.0
 
 
+def _current_asyncio_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # not on asyncio (trio)
+        return None
+
+
 class InFlightRequests:
+    """On asyncio a request is tracked by its task, which drain cancels: a cancel scope
+    per request costs several µs on the cache-hit path. Other event loops get a scope."""
+
     def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._cut: set[asyncio.Task[Any]] = set()
+        """Tasks drain cancelled, so their CancelledError is told from anyone else's."""
         self._scopes: set[anyio.CancelScope] = set()
         self._emptied: anyio.Event | None = None
 
     def __len__(self) -> int:
-        return len(self._scopes)
+        return len(self._tasks) + len(self._scopes)
 
-    @contextmanager
-    def track(self) -> Iterator[anyio.CancelScope]:
-        """Run one request; the scope's ``cancelled_caught`` says shutdown cut it."""
+    async def run(self, request: Awaitable[None]) -> bool:
+        """Await one request; True when shutdown cut it short."""
+        task = _current_asyncio_task()
+        if task is None:
+            return await self._run_in_scope(request)
+        self._tasks.add(task)
+        try:
+            await request
+        except asyncio.CancelledError:
+            if task not in self._cut or _uncancel(task) > 0:
+                raise  # not ours, or someone else cancelled the task as well
+            return True
+        finally:
+            self._tasks.discard(task)
+            self._cut.discard(task)
+            self._note_finished()
+        return False
+
+    async def _run_in_scope(self, request: Awaitable[None]) -> bool:
         scope = anyio.CancelScope()
         self._scopes.add(scope)
         try:
             with scope:
-                yield scope
+                await request
         finally:
             self._scopes.discard(scope)
-            if not self._scopes and self._emptied is not None:
-                self._emptied.set()
+            self._note_finished()
+        return scope.cancelled_caught
+
+    def _note_finished(self) -> None:
+        if self._emptied is not None and not self._tasks and not self._scopes:
+            self._emptied.set()
 
     async def drain(self, grace: float) -> int:
         """Wait up to ``grace`` seconds for requests in flight, then cut the rest.
 
         Returns how many were cut.
         """
-        if not self._scopes:
+        if not len(self):
             return 0
         self._emptied = anyio.Event()
         try:
             with anyio.move_on_after(grace):
                 await self._emptied.wait()
-            cut = len(self._scopes)
+            cut = len(self)
             if cut:
                 logger.warning(
                     "shutting down: cutting %d request(s) still running after %g s", cut, grace
                 )
+                for task in list(self._tasks):
+                    self._cut.add(task)  # marked first, so run() knows the cancel is ours
+                    task.cancel()
                 for scope in list(self._scopes):
                     scope.cancel()
                 with anyio.move_on_after(_CUT_WAIT):
@@ -64,6 +100,12 @@ class InFlightRequests:
             return cut
         finally:
             self._emptied = None
+
+
+def _uncancel(task: asyncio.Task[Any]) -> int:
+    """Take back drain's cancel request (3.11+ counts them); the requests still pending."""
+    uncancel = getattr(task, "uncancel", None)
+    return 0 if uncancel is None else int(uncancel())
 
 
 async def close_backend(backend: object) -> None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ProxyError, bad_request
+from .headers import RequestHeaders
 
 DEFAULT_MAX_HEADER_COUNT = 100
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
@@ -29,14 +30,9 @@ DEFAULT_MAX_CONCURRENT_UPSTREAM = 512
 # -- headers --------------------------------------------------------------------------
 
 
-def check_headers(headers: Iterable[tuple[bytes, bytes]], max_count: int, max_bytes: int) -> None:
+def check_header_size(count: int, size: int, max_count: int, max_bytes: int) -> None:
     """Raise 431 when the request has more than ``max_count`` headers or more than
-    ``max_bytes`` of header names and values together."""
-    count = 0
-    size = 0
-    for name, value in headers:
-        count += 1
-        size += len(name) + len(value)
+    ``max_bytes`` of header names and values together (``RequestHeaders`` counts them)."""
     if count > max_count:
         raise ProxyError(
             431,
@@ -213,8 +209,8 @@ class RequestLimits:
         self.upstream = UpstreamSlots(max_concurrent_upstream)
         self.buckets = None if rate_limit is None else TokenBuckets(rate_limit)
 
-    def check_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        check_headers(headers, self.max_header_count, self.max_header_bytes)
+    def check_headers(self, headers: RequestHeaders) -> None:
+        check_header_size(headers.count, headers.size, self.max_header_count, self.max_header_bytes)
 
     def check_rate(self, caller_id: str) -> None:
         if self.buckets is not None:

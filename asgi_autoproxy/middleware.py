@@ -22,6 +22,7 @@ import httpx
 from . import _json
 from .answers import StreamAudit, json_answer_usage
 from .asgi import (
+    JSON_CONTENT_TYPE,
     ASGIApp,
     ClientDisconnected,
     Message,
@@ -53,7 +54,7 @@ from .errors import (
     upstream_timeout,
     upstream_unreachable,
 )
-from .headers import get_header
+from .headers import RequestHeaders
 from .idle import idle_limit
 from .lifecycle import InFlightRequests, close_backend
 from .limits import (
@@ -96,8 +97,8 @@ DEFAULT_STREAM_IDLE_TIMEOUT = 120.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
 
 
-_HIT = ("x-bt-cached", "HIT")
-_MISS = ("x-bt-cached", "MISS")
+_HIT = (b"x-bt-cached", b"HIT")
+_MISS = (b"x-bt-cached", b"MISS")
 _MAX_FOLLOW_ATTEMPTS = 3
 
 
@@ -137,25 +138,28 @@ class _Call:
         except OSError:  # some servers raise once the client has gone
             self.gone()
 
-    def _headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-        encoded = encode_headers(headers)
-        encoded.append((b"x-request-id", self.request_id.encode()))
-        return encoded
-
-    async def respond(self, status: int, body: bytes, headers: Iterable[tuple[str, str]]) -> None:
-        """A whole response; content-length is computed here."""
+    async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """A whole response. ``headers`` (encoded, and handed over: they are appended to)
+        get the request id and content-length here."""
         self.started = True
         self.trace.status = status
-        encoded = self._headers(headers)
-        encoded.append((b"content-length", str(len(body)).encode()))
-        await self._send({"type": "http.response.start", "status": status, "headers": encoded})
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+        headers.append((b"x-request-id", self.request_id.encode()))
+        headers.append((b"content-length", str(len(body)).encode()))
+        start = {"type": "http.response.start", "status": status, "headers": headers}
+        whole = {"type": "http.response.body", "body": body, "more_body": False}
+        if self.connected:
+            try:  # _send, inlined: two coroutines fewer on every cache hit
+                await self.send(start)
+                if self.connected:
+                    await self.send(whole)
+            except OSError:  # as in _send
+                self.gone()
         self.trace.completed = self.connected
 
-    async def start_stream(self, headers: Iterable[tuple[str, str]]) -> None:
+    async def start_stream(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
         self.started = True
         self.trace.status, self.trace.streaming = 200, True
-        encoded = [*_SSE_HEADERS, *self._headers(headers)]
+        encoded = [*_SSE_HEADERS, *headers, (b"x-request-id", self.request_id.encode())]
         await self._send({"type": "http.response.start", "status": 200, "headers": encoded})
 
     async def emit(self, data: bytes) -> None:
@@ -343,10 +347,9 @@ class AutoProxyMiddleware:
 
     async def _handle(self, route: RouteKind, scope: Scope, receive: Receive, send: Send) -> None:
         """One request, tracked for graceful shutdown and reported once it ends."""
-        call = _Call(request_id=_request_id(scope), send=send)
-        with self._in_flight.track() as tracked:
-            await self._serve(route, call, scope, receive)
-        if tracked.cancelled_caught:
+        headers = RequestHeaders(scope["headers"])
+        call = _Call(request_id=_request_id(headers.request_id), send=send)
+        if await self._in_flight.run(self._serve(route, call, scope, headers, receive)):
             await self._cut_short(call)
         if self._reporter.enabled:
             record = call.trace.record(
@@ -365,7 +368,14 @@ class AutoProxyMiddleware:
         elif not call.started:
             await self._send_error(call, error)
 
-    async def _serve(self, route: RouteKind, call: _Call, scope: Scope, receive: Receive) -> None:
+    async def _serve(
+        self,
+        route: RouteKind,
+        call: _Call,
+        scope: Scope,
+        headers: RequestHeaders,
+        receive: Receive,
+    ) -> None:
         try:
             if scope["method"] != _ROUTE_METHODS[route]:
                 raise ProxyError(
@@ -374,14 +384,14 @@ class AutoProxyMiddleware:
                     code="method_not_allowed",
                     headers=[("allow", _ROUTE_METHODS[route])],
                 )
-            self._limits.check_headers(scope["headers"])
-            caller = await self._auth.identify(scope)
+            self._limits.check_headers(headers)
+            caller = await self._auth.identify(headers.credential, scope)
             call.caller_id = caller.id
             self._limits.check_rate(caller.id)
             if route == "models":
                 await self._send_json(call, 200, _json.dumps(self._models_body()))
                 return
-            body = await read_body(scope, receive, self.max_body_size)
+            body = await read_body(receive, self.max_body_size, headers.content_length)
             payload = _parse_payload(body, self._limits.max_json_depth)
             model = payload["model"]
             endpoint: Endpoint = (
@@ -402,9 +412,9 @@ class AutoProxyMiddleware:
                 stream=payload.get("stream") is True,
                 credential=credential,
                 request_id=call.request_id,
-                endpoint_name=get_header(scope["headers"], b"x-bt-endpoint-name"),
+                endpoint_name=headers.endpoint_name,
             )
-            plan = self._cache_plan(scope, request, candidates, caller.cache_scope)
+            plan = self._cache_plan(headers, request, candidates, caller.cache_scope)
             await self._answer(call, candidates, request, plan, receive)
         except ClientDisconnected:
             return
@@ -416,19 +426,18 @@ class AutoProxyMiddleware:
 
     def _cache_plan(
         self,
-        scope: Scope,
+        headers: RequestHeaders,
         request: UpstreamRequest,
         candidates: Sequence[Provider],
         caller_scope: str,
     ) -> _CachePlan | None:
         if self._cache is None:
             return None
-        headers = scope["headers"]
         decision = decide(
             request.payload,
-            use_cache=get_header(headers, b"x-bt-use-cache"),
-            cache_ttl=get_header(headers, b"x-bt-cache-ttl"),
-            cache_control=get_header(headers, b"cache-control"),
+            use_cache=headers.use_cache,
+            cache_ttl=headers.cache_ttl,
+            cache_control=headers.cache_control,
             default_ttl=self._cache_ttl,
         )
         if not (decision.read or decision.write):
@@ -593,17 +602,19 @@ class AutoProxyMiddleware:
             ).to_body()
             headers = [(k, v) for k, v in headers if k != "content-type"]
             headers.append(("content-type", "application/json"))
-        cache_headers: list[tuple[str, str]] = []
+        encoded = encode_headers(headers)
+        cache_headers: list[tuple[bytes, bytes]] = []
         if plan is not None and plan.decision.write and 200 <= status < 300:
             assert self._cache is not None
-            entry = CachedResponse(status, tuple(headers), (body,), False, self._cache.clock())
+            entry = CachedResponse(status, tuple(encoded), (body,), False, self._cache.clock())
             await self._cache.put(plan.key, entry, plan.decision.ttl)
-            cache_headers = [("cache-control", f"max-age={plan.decision.ttl}"), ("age", "0")]
+            max_age = f"max-age={plan.decision.ttl}".encode()
+            cache_headers = [(b"cache-control", max_age), (b"age", b"0")]
         if flight is not None:
-            flight.start(status, headers, stream=False)
+            flight.start(status, encoded, stream=False)
             flight.publish(body)
             flight.complete()
-        await call.respond(status, body, [*headers, *cache_headers, _MISS])
+        await call.respond(status, body, [*encoded, *cache_headers, _MISS])
 
     async def _relay_stream(
         self,
@@ -613,7 +624,7 @@ class AutoProxyMiddleware:
         plan: _CachePlan | None,
         flight: Flight | None,
     ) -> None:
-        headers = [(k, v) for k, v in response.headers if k != "content-type"]
+        headers = encode_headers((k, v) for k, v in response.headers if k != "content-type")
         if flight is not None:
             flight.start(200, headers, stream=True)
         await call.start_stream([*headers, _MISS])
@@ -721,7 +732,7 @@ class AutoProxyMiddleware:
 
     async def _send_hit(self, call: _Call, entry: CachedResponse) -> None:
         assert self._cache is not None
-        headers = [*entry.headers, _HIT, ("age", str(int(self._cache.age(entry))))]
+        headers = [*entry.headers, _HIT, (b"age", str(int(self._cache.age(entry))).encode())]
         call.trace.cache = "HIT"
         if not entry.stream:
             await call.respond(entry.status, entry.body, headers)
@@ -734,14 +745,14 @@ class AutoProxyMiddleware:
     # -- responses ----------------------------------------------------------------------
 
     async def _send_json(self, call: _Call, status: int, body: bytes) -> None:
-        await call.respond(status, body, [("content-type", "application/json")])
+        await call.respond(status, body, [JSON_CONTENT_TYPE])
 
     async def _send_error(self, call: _Call, error: ProxyError) -> None:
         call.trace.error = error.code
         if call.started:
             # Too late for a status: the stream already ended or carries its own error.
             return
-        headers = [("content-type", "application/json"), *error.headers]
+        headers = [JSON_CONTENT_TYPE, *encode_headers(error.headers)]
         await call.respond(error.status, error.to_body(), headers)
 
     def _models_body(self) -> dict[str, Any]:
@@ -755,8 +766,7 @@ class AutoProxyMiddleware:
         }
 
 
-def _request_id(scope: Scope) -> str:
-    given = get_header(scope["headers"], b"x-request-id")
+def _request_id(given: str | None) -> str:
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
     return f"{_ID_PREFIX}{next(_id_counter):016x}"

@@ -162,6 +162,50 @@ async def test_hit_replays_stored_upstream_headers(
     assert int(second.headers["content-length"]) == len(second.content)
 
 
+class BytesCache:
+    """A backend that keeps bytes, as Redis does: its hits go through CachedResponse.decode."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self.values[key] = value
+
+    async def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+# Set per response, never replayed from the entry (with a miss's cache-control: max-age).
+_OWN_HEADERS = {b"age", b"x-bt-cached", b"x-request-id", b"content-length"}
+
+
+@pytest.mark.parametrize("backend", [MemoryCache, BytesCache])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_hit_sends_the_stored_headers_in_order_then_its_own(
+    make_proxy: MakeProxy, upstream: FakeUpstream, backend: type[Any], stream: bool
+) -> None:
+    clock = Clock()
+    proxy = make_proxy(cache=backend(), cache_clock=clock)
+    body = chat_body(temperature=0, stream=stream)
+    miss = await post(proxy, body, {"x-request-id": "one"})
+    clock.now += 42
+    hit = await post(proxy, body, {"x-request-id": "two"})
+    assert hit.content == miss.content
+    stored = [
+        (k, v)
+        for k, v in miss.headers.raw
+        if k not in _OWN_HEADERS and not v.startswith(b"max-age=")
+    ]
+    assert len(stored) >= 3  # content-type and several upstream headers
+    own = [(b"x-bt-cached", b"HIT"), (b"age", b"42"), (b"x-request-id", b"two")]
+    if not stream:
+        own.append((b"content-length", str(len(hit.content)).encode()))
+    assert hit.headers.raw == [*stored, *own]
+
+
 @pytest.mark.parametrize("directive", ["no-cache", "max-age=0"])
 async def test_request_no_cache_skips_read_but_writes(
     proxy: AutoProxyMiddleware, upstream: FakeUpstream, directive: str

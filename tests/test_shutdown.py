@@ -3,17 +3,21 @@ cleanly; then the HTTP client and the cache backend are closed."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, RequestRecord
+from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, RequestRecord, lifecycle
+from asgi_autoproxy.lifecycle import InFlightRequests
 from tests.conftest import CALLER_KEY
 from tests.fault_upstream import FaultUpstream
 from tests.faults import asgi_client, event_json, fault_body, faulty_proxy, settle, sse_events
@@ -165,3 +169,80 @@ def _stop_in_background(server: ServerThread) -> threading.Thread:
     thread = threading.Thread(target=server.stop)
     thread.start()
     return thread
+
+
+# -- InFlightRequests on its own: which cancellations count as a shutdown cut ----------
+
+
+async def _sleep_forever(started: anyio.Event) -> None:
+    started.set()
+    await anyio.sleep_forever()
+
+
+async def _run_and_drain(in_flight: InFlightRequests) -> tuple[bool, int]:
+    """One request that never ends, cut by drain; (was it cut, requests drain cut)."""
+    started = anyio.Event()
+    outcome: list[bool] = []
+
+    async def request() -> None:
+        outcome.append(await in_flight.run(_sleep_forever(started)))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(request)
+        await started.wait()
+        assert len(in_flight) == 1
+        cut = await in_flight.drain(0.05)
+    assert len(in_flight) == 0
+    return outcome[0], cut
+
+
+async def test_drain_cuts_an_asyncio_request_and_takes_its_cancel_back() -> None:
+    in_flight = InFlightRequests()
+    leftover: list[int] = []
+
+    async def request_then_check() -> None:
+        assert await in_flight.run(_sleep_forever(anyio.Event()))
+        task = asyncio.current_task()
+        assert task is not None
+        if sys.version_info >= (3, 11):
+            leftover.append(task.cancelling())  # 0: the task goes on as if never cancelled
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(request_then_check)
+        await settle(lambda: len(in_flight) == 1)
+        assert await in_flight.drain(0.05) == 1
+    assert leftover in ([0], [])
+
+
+async def test_drain_cuts_a_request_through_a_cancel_scope_off_asyncio(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The path trio takes: no asyncio task to cancel, so an anyio cancel scope is used.
+    monkeypatch.setattr(lifecycle, "_current_asyncio_task", lambda: None)
+    assert await _run_and_drain(InFlightRequests()) == (True, 1)
+
+
+async def test_a_cancel_that_is_not_shutdowns_propagates() -> None:
+    in_flight = InFlightRequests()
+    started = anyio.Event()
+    task = asyncio.ensure_future(in_flight.run(_sleep_forever(started)))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(in_flight) == 0
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.uncancel() arrived in 3.11")
+async def test_a_cancel_on_top_of_shutdowns_still_propagates() -> None:
+    in_flight = InFlightRequests()
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(in_flight.run(waiter))
+    # When drain cancels the waiter, someone else cancels the task too, before it wakes.
+    waiter.add_done_callback(lambda _: task.cancel())
+    await anyio.lowlevel.checkpoint()
+    assert len(in_flight) == 1
+    assert await in_flight.drain(0) == 1
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(in_flight) == 0

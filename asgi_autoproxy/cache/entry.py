@@ -1,7 +1,8 @@
 """A cached response and its byte format.
 
 Streams are kept as their list of SSE events, byte for byte, so a hit replays the
-same events with the same boundaries.
+same events with the same boundaries. Headers are kept encoded, as ASGI sends them,
+so a hit does not encode them again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ _FORMAT = 1
 @dataclass(frozen=True, slots=True)
 class CachedResponse:
     status: int
-    headers: tuple[tuple[str, str], ...]
+    headers: tuple[tuple[bytes, bytes], ...]
+    """Lower-case names and values, latin-1, in the order the caller gets them."""
     parts: tuple[bytes, ...]
     """The whole body as one part, or a stream's SSE events."""
     stream: bool
@@ -35,7 +37,7 @@ class CachedResponse:
             {
                 "f": _FORMAT,
                 "s": self.status,
-                "h": self.headers,
+                "h": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers],
                 "st": self.stream,
                 "t": self.stored_at,
                 "l": [len(p) for p in self.parts],
@@ -60,10 +62,17 @@ class CachedResponse:
                 return None
             return cls(
                 status=int(header["s"]),
-                headers=tuple((str(k), str(v)) for k, v in header["h"]),
+                headers=tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in header["h"]),
                 parts=tuple(parts),
                 stream=bool(header["st"]),
                 stored_at=float(header["t"]),
             )
-        except (KeyError, TypeError, ValueError, IndexError, *_json.JSONDecodeError):
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            IndexError,
+            AttributeError,
+            *_json.JSONDecodeError,
+        ):
             return None

@@ -21,7 +21,8 @@ class Flight:
     def __init__(self) -> None:
         self.state: FlightState = "pending"
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
+        self.headers: list[tuple[bytes, bytes]] = []
+        """Encoded, as ASGI sends them."""
         self.stream = False
         self.parts: list[bytes] = []
         self.error: ProxyError | None = None
@@ -43,7 +44,7 @@ class Flight:
         self.leader_gone = True
         return self.followers == 0
 
-    def start(self, status: int, headers: list[tuple[str, str]], *, stream: bool) -> None:
+    def start(self, status: int, headers: list[tuple[bytes, bytes]], *, stream: bool) -> None:
         self.status, self.headers, self.stream = status, headers, stream
         self._move("streaming" if stream else "pending")
 

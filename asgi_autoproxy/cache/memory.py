@@ -88,8 +88,9 @@ class MemoryCache:
     def get_object(self, key: str) -> bytes | Encodable | None:
         """The value as stored: the middleware keeps decoded entries, skipping the bytes."""
         with self._lock:
-            found = self._data.get(key)
-            if found is None:
+            try:  # not .get(): cachetools' get checks the key and the clock twice
+                found = self._data[key]
+            except KeyError:  # absent or expired
                 self._misses += 1
                 return None
             self._hits += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from ..errors import bad_request
@@ -52,6 +53,9 @@ def decide(
     default_ttl: int,
 ) -> CacheDecision:
     """The decision for one request; raises a 400 ``ProxyError`` for bad header values."""
+    if use_cache is None and cache_ttl is None and cache_control is None:
+        # Most requests send no cache headers: the same answer as below, made once.
+        return _without_headers(default_ttl, is_deterministic(payload))
     mode = (use_cache or "auto").strip().lower()
     if mode not in CACHE_MODES:
         raise bad_request(
@@ -78,6 +82,11 @@ def decide(
             else:
                 max_age = float(seconds)
     return CacheDecision(read=read, write=write, ttl=ttl, max_age=max_age)
+
+
+@lru_cache(maxsize=64)
+def _without_headers(ttl: int, cached: bool) -> CacheDecision:
+    return CacheDecision(read=cached, write=cached, ttl=ttl)
 
 
 def _parse_seconds(text: str) -> int | None:
