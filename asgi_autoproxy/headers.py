@@ -19,6 +19,12 @@ _PASSED_EXACT = frozenset(
 _PASSED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 
 
+# Passed headers that describe one upstream call rather than the answer: a cache hit
+# would replay stale quota counts, timings and retry advice, so entries leave them out.
+_PER_CALL_EXACT = frozenset({b"openai-processing-ms", b"retry-after"})
+_PER_CALL_PREFIXES = (b"x-ratelimit-", b"anthropic-ratelimit-")
+
+
 def passed_to_caller(name: str) -> bool:
     """``name`` must already be lower-case."""
     return name in _PASSED_EXACT or name.startswith(_PASSED_PREFIXES)
@@ -35,6 +41,15 @@ def filter_upstream_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[st
         elif passed_to_caller(lower):
             passed.append((lower, value))
     return passed
+
+
+def replayed_on_hits(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+    """The encoded answer headers a cache entry keeps: all but the per-call ones."""
+    return tuple(
+        (name, value)
+        for name, value in headers
+        if name not in _PER_CALL_EXACT and not name.startswith(_PER_CALL_PREFIXES)
+    )
 
 
 class RequestHeaders:

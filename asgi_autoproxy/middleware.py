@@ -54,7 +54,7 @@ from .errors import (
     upstream_timeout,
     upstream_unreachable,
 )
-from .headers import RequestHeaders
+from .headers import RequestHeaders, replayed_on_hits
 from .idle import idle_limit
 from .lifecycle import InFlightRequests, close_backend
 from .limits import (
@@ -606,7 +606,8 @@ class AutoProxyMiddleware:
         cache_headers: list[tuple[bytes, bytes]] = []
         if plan is not None and plan.decision.write and 200 <= status < 300:
             assert self._cache is not None
-            entry = CachedResponse(status, tuple(encoded), (body,), False, self._cache.clock())
+            stored = replayed_on_hits(encoded)
+            entry = CachedResponse(status, stored, (body,), False, self._cache.clock())
             await self._cache.put(plan.key, entry, plan.decision.ttl)
             max_age = f"max-age={plan.decision.ttl}".encode()
             cache_headers = [(b"cache-control", max_age), (b"age", b"0")]
@@ -678,7 +679,7 @@ class AutoProxyMiddleware:
             if plan is not None and plan.decision.write and broken is None and not failed:
                 assert self._cache is not None
                 entry = CachedResponse(
-                    200, tuple(headers), tuple(flight.parts), True, self._cache.clock()
+                    200, replayed_on_hits(headers), tuple(flight.parts), True, self._cache.clock()
                 )
                 await self._cache.put(plan.key, entry, plan.decision.ttl)
         await call.end_stream(tail)

@@ -151,15 +151,26 @@ async def test_ttl_expiry_with_injected_clock(
     assert upstream.calls == 2
 
 
-async def test_hit_replays_stored_upstream_headers(
-    proxy: AutoProxyMiddleware, upstream: FakeUpstream
+@pytest.mark.parametrize("stream", [False, True])
+async def test_hit_replays_answer_headers_but_not_per_call_ones(
+    proxy: AutoProxyMiddleware, upstream: FakeUpstream, stream: bool
 ) -> None:
-    first = await post(proxy, chat_body(temperature=0), {"x-request-id": "one"})
-    second = await post(proxy, chat_body(temperature=0), {"x-request-id": "two"})
-    for name in ("x-upstream-request-id", "openai-processing-ms", "x-ratelimit-remaining-requests"):
+    """Rate-limit counts, processing time and retry advice describe the upstream call that
+    filled the entry; a hit makes no call, so replaying them would mislead the caller."""
+    per_call = {"retry-after": "3", "x-ratelimit-remaining-tokens": "1000"}
+    body = chat_body(temperature=0, stream=stream, fake={"headers": per_call})
+    first = await post(proxy, body, {"x-request-id": "one"})
+    second = await post(proxy, body, {"x-request-id": "two"})
+    assert (first.headers["x-bt-cached"], second.headers["x-bt-cached"]) == ("MISS", "HIT")
+    for name in ("x-upstream-request-id", "x-bt-used-endpoint"):
         assert second.headers[name] == first.headers[name]
+    for name in ("openai-processing-ms", "x-ratelimit-remaining-requests", *per_call):
+        assert name in first.headers
+        assert name not in second.headers
     assert second.headers["x-request-id"] == "two"
-    assert int(second.headers["content-length"]) == len(second.content)
+    assert second.content == first.content
+    if not stream:
+        assert int(second.headers["content-length"]) == len(second.content)
 
 
 class BytesCache:
@@ -180,6 +191,8 @@ class BytesCache:
 
 # Set per response, never replayed from the entry (with a miss's cache-control: max-age).
 _OWN_HEADERS = {b"age", b"x-bt-cached", b"x-request-id", b"content-length"}
+# What the fake upstream sends that describes its call, not the answer: not replayed.
+_PER_CALL_HEADERS = {b"openai-processing-ms", b"x-ratelimit-remaining-requests"}
 
 
 @pytest.mark.parametrize("backend", [MemoryCache, BytesCache])
@@ -197,9 +210,9 @@ async def test_a_hit_sends_the_stored_headers_in_order_then_its_own(
     stored = [
         (k, v)
         for k, v in miss.headers.raw
-        if k not in _OWN_HEADERS and not v.startswith(b"max-age=")
+        if k not in _OWN_HEADERS | _PER_CALL_HEADERS and not v.startswith(b"max-age=")
     ]
-    assert len(stored) >= 3  # content-type and several upstream headers
+    assert len(stored) >= 3  # content-type, x-upstream-request-id, x-bt-used-endpoint
     own = [(b"x-bt-cached", b"HIT"), (b"age", b"42"), (b"x-request-id", b"two")]
     if not stream:
         own.append((b"content-length", str(len(hit.content)).encode()))

@@ -17,9 +17,12 @@ Endpoint = Literal["chat", "completion"]
 ENDPOINT_PATHS: dict[Endpoint, str] = {"chat": "chat/completions", "completion": "completions"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamRequest:
-    """One call for a provider to make, already validated by the middleware."""
+    """One call for a provider to make, already validated by the middleware; read-only.
+
+    Not a frozen dataclass only because one costs twice as much to build on every request.
+    """
 
     endpoint: Endpoint
     model: str
