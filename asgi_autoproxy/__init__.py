@@ -9,6 +9,7 @@ from .cache.store import CacheStats
 from .catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
 from .dispatch import Cooldown, LoadBalancing, RetryPolicy
 from .errors import ProxyError
+from .heap import freeze_startup_heap
 from .limits import RateLimit
 from .middleware import AutoProxyMiddleware
 from .observability import CacheStatus, RequestHook, RequestRecord, TokenUsage
@@ -57,5 +58,6 @@ __all__ = [
     "UpstreamRequest",
     "UpstreamResponse",
     "__version__",
+    "freeze_startup_heap",
     "openapi_document",
 ]

@@ -20,11 +20,16 @@ class ClientDisconnected(Exception):
     """The caller went away; there is nobody left to answer."""
 
 
-async def serve_lifespan(receive: Receive, send: Send) -> None:
-    """Answer a lifespan scope for an app with nothing to start or stop."""
+async def serve_lifespan(
+    receive: Receive, send: Send, on_startup: Callable[[], None] | None = None
+) -> None:
+    """Answer a lifespan scope for an app with nothing to stop; ``on_startup`` runs last
+    thing at start-up."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            if on_startup is not None:
+                on_startup()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})

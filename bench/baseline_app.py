@@ -2,8 +2,10 @@
 
 ``BENCH_UPSTREAM`` is the upstream's base URL; ``BENCH_BASELINE_CACHE=1`` adds an
 exact-match dict cache of whole non-streaming answers, keyed on the raw body.
+``BENCH_GC_FREEZE=1`` freezes the start-up heap, as the proxy does under the same flag.
 """
 
+import gc
 import os
 from contextlib import asynccontextmanager
 
@@ -23,6 +25,9 @@ shared: dict[str, httpx.AsyncClient] = {}
 async def lifespan(app):
     async with httpx.AsyncClient(timeout=60) as client:
         shared["client"] = client
+        if os.environ.get("BENCH_GC_FREEZE") == "1":
+            gc.collect()
+            gc.freeze()
         yield
 
 

@@ -1,7 +1,8 @@
 """asgi_autoproxy as the benchmark runs it, configured from the environment.
 
 ``BENCH_UPSTREAM``: upstream base URL. ``BENCH_CACHE=1``: the in-memory cache on
-(otherwise off). ``BENCH_TRANSPORT``: ``auto`` (default), ``aiohttp``, ``httpx``, or
+(otherwise off). ``BENCH_GC_FREEZE=1``: start-up ends with ``freeze_startup_heap``, as
+in the CLI. ``BENCH_TRANSPORT``: ``auto`` (default), ``aiohttp``, ``httpx``, or
 ``httpx-aiohttp`` (the ``httpx_aiohttp`` package's transport, for comparison).
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, freeze_startup_heap
 from asgi_autoproxy.asgi import serve_lifespan
 
 
@@ -23,7 +24,8 @@ def cache_supported() -> bool:
 
 async def not_found(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        await serve_lifespan(receive, send)
+        freeze = os.environ.get("BENCH_GC_FREEZE") == "1"
+        await serve_lifespan(receive, send, freeze_startup_heap if freeze else None)
         return
     await send({"type": "http.response.start", "status": 404, "headers": []})
     await send({"type": "http.response.body", "body": b"not found"})

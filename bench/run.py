@@ -185,12 +185,15 @@ class Running:
         return f"http://127.0.0.1:{self.port}{PATH}"
 
 
-def start(system: System, core: int | None, upstream: str, log: Path) -> Running:
+def start(
+    system: System, core: int | None, upstream: str, log: Path, *, gc_freeze: bool = False
+) -> Running:
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "BENCH_UPSTREAM": upstream,
+        "BENCH_GC_FREEZE": "1" if gc_freeze else "0",
         **system.env,
     }
     command = [
@@ -401,6 +404,12 @@ def render(
         f"- Servers: uvicorn {' '.join(server_flags())}; load: "
         f"{'wrk (non-streaming), ' if args.wrk else ''}bench/loadgen.py (aiohttp)"
         f"{'' if args.wrk else ' for all'}; pinning: {args.pinning}",
+        "- Garbage collector: "
+        + (
+            "start-up heap frozen in every proxy, baselines included (--gc-freeze)"
+            if args.gc_freeze
+            else "Python's defaults"
+        ),
         "- CPU µs/req: the measured process's utime+stime per request (for *upstream direct*, "
         "the upstream's own). Ratios compare medians with the Starlette + httpx baseline "
         "(the dict-cache baseline for hit scenarios).",
@@ -576,7 +585,12 @@ def targets(
 
 @contextlib.contextmanager
 def fleet(
-    systems: Sequence[System], proxy_core: int | None, side_core: int | None, log: Path
+    systems: Sequence[System],
+    proxy_core: int | None,
+    side_core: int | None,
+    log: Path,
+    *,
+    gc_freeze: bool = False,
 ) -> Iterator[dict[str, Running]]:
     started: dict[str, Running] = {}
     try:
@@ -587,7 +601,7 @@ def fleet(
         base_url = f"http://127.0.0.1:{upstream.port}/v1"
         for system in systems:
             if system.key != "direct":
-                started[system.key] = start(system, proxy_core, base_url, log)
+                started[system.key] = start(system, proxy_core, base_url, log, gc_freeze=gc_freeze)
         for proc in started.values():
             wait_ready(proc, log)
         for proc in started.values():
@@ -613,6 +627,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenarios", help="comma-separated scenario keys")
     parser.add_argument("--systems", help="comma-separated system keys")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="every proxy, the baselines too, freezes its start-up heap (as the CLI does)",
+    )
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.md")
     args = parser.parse_args(argv)
     args.duration = args.duration or (1.0 if args.quick else 5.0)
@@ -680,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     salt = secrets.token_hex(4)
     with (
         tempfile.TemporaryDirectory() as tmp,
-        fleet(systems, proxy_core, side_core, log) as running,
+        fleet(systems, proxy_core, side_core, log, gc_freeze=args.gc_freeze) as running,
     ):
         direct_pid = running["direct"].process.pid
         for scenario in scenarios:

@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_quick_slice_runs_and_reports(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gc_freeze", [False, True])
+def test_bench_quick_slice_runs_and_reports(tmp_path: Path, gc_freeze: bool) -> None:
     output = tmp_path / "latest.md"
     command = [
         sys.executable,
@@ -23,6 +26,7 @@ def test_bench_quick_slice_runs_and_reports(tmp_path: Path) -> None:
         "--warmup=0.2",
         "--loadgen=python",
         f"--output={output}",
+        *(["--gc-freeze"] if gc_freeze else []),
     ]
     subprocess.run(command, cwd=ROOT, check=True, timeout=60, capture_output=True)
     cells = json.loads(output.with_suffix(".json").read_text())["cells"]
@@ -40,6 +44,7 @@ def test_bench_quick_slice_runs_and_reports(tmp_path: Path) -> None:
     assert all(cell["p50_ms"] >= 190 and cell["ttfb_p50_ms"] < 150 for cell in streams)
     report = output.read_text()
     assert "## Non-streaming misses" in report and "| asgi_autoproxy, cache off | 4 |" in report
+    assert ("start-up heap frozen" in report) == gc_freeze
 
 
 def test_memory_bench_slice_runs_and_judges() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from asgi_lifespan import LifespanManager
 
 from asgi_autoproxy.cli import build_app, build_parser
 from tests.conftest import CALLER_KEY, SERVER_KEY, chat_body
@@ -113,6 +115,39 @@ async def test_pass_through_flag_wins_over_server_key(
     await app.aclose()
     assert response.status_code == 200
     assert upstream.requests[0].headers["authorization"] == f"Bearer {CALLER_KEY}"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("flag", ["--gc-freeze", "--no-gc-freeze"])
+async def test_gc_freeze_happens_at_the_end_of_start_up(
+    upstream: FakeUpstream, upstream_url: str, flag: str
+) -> None:
+    environ = {"OPENAI_BASE_URL": upstream_url}
+    args = build_parser(environ).parse_args([flag])
+    app = build_app(args, environ)
+    gc.unfreeze()
+    try:
+        async with LifespanManager(app):
+            frozen = gc.get_freeze_count()
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://cli"
+            ) as http:
+                response = await http.post(
+                    "/v1/proxy/auto", json=chat_body(), headers={"authorization": "Bearer k"}
+                )
+    finally:
+        gc.unfreeze()  # the rest of the test run collects as usual
+    assert response.status_code == 200
+    if flag == "--gc-freeze":
+        assert frozen > 1000  # the modules, the app and its providers
+    else:
+        assert frozen == 0
+
+
+def test_gc_freeze_is_on_unless_the_environment_turns_it_off() -> None:
+    assert build_parser({}).parse_args([]).gc_freeze is True
+    assert build_parser({"AUTOPROXY_NO_GC_FREEZE": "1"}).parse_args([]).gc_freeze is False
+    assert build_parser({"AUTOPROXY_NO_GC_FREEZE": "1"}).parse_args(["--gc-freeze"]).gc_freeze
 
 
 def test_flags_win_over_environment() -> None:
