@@ -167,8 +167,9 @@ def free_port() -> int:
     return port
 
 
-def server_flags() -> list[str]:
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+def server_flags(loop: str = "auto") -> list[str]:
+    if loop == "auto":
+        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     return ["--loop", loop, "--http", http]
 
@@ -186,7 +187,13 @@ class Running:
 
 
 def start(
-    system: System, core: int | None, upstream: str, log: Path, *, gc_freeze: bool = False
+    system: System,
+    core: int | None,
+    upstream: str,
+    log: Path,
+    *,
+    gc_freeze: bool = False,
+    loop: str = "auto",
 ) -> Running:
     port = free_port()
     env = {
@@ -213,7 +220,7 @@ def start(
         "on",
         "--backlog",
         "2048",
-        *server_flags(),
+        *server_flags(loop),
     ]
     with log.open("ab") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
@@ -401,7 +408,7 @@ def render(
         f"- Mode: {'quick' if args.quick else 'full'}; {args.duration:g} s per cell after "
         f"{args.warmup:g} s warm-up; {args.repeat} repeat(s) (cells: median, with min to max "
         "when repeated)",
-        f"- Servers: uvicorn {' '.join(server_flags())}; load: "
+        f"- Servers: uvicorn {' '.join(server_flags(args.loop))}; load: "
         f"{'wrk (non-streaming), ' if args.wrk else ''}bench/loadgen.py (aiohttp)"
         f"{'' if args.wrk else ' for all'}; pinning: {args.pinning}",
         "- Garbage collector: "
@@ -591,11 +598,12 @@ def fleet(
     log: Path,
     *,
     gc_freeze: bool = False,
+    loop: str = "auto",
 ) -> Iterator[dict[str, Running]]:
     started: dict[str, Running] = {}
     try:
         upstream_system = next(s for s in SYSTEMS if s.key == "direct")
-        upstream = start(upstream_system, side_core, "http://unused", log)
+        upstream = start(upstream_system, side_core, "http://unused", log, loop=loop)
         started["direct"] = upstream
         wait_ready(upstream, log)
         base_url = f"http://127.0.0.1:{upstream.port}/v1"
@@ -627,6 +635,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenarios", help="comma-separated scenario keys")
     parser.add_argument("--systems", help="comma-separated system keys")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="every server's event loop (auto: uvloop when installed)",
+    )
     parser.add_argument(
         "--gc-freeze",
         action="store_true",
@@ -699,7 +713,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     salt = secrets.token_hex(4)
     with (
         tempfile.TemporaryDirectory() as tmp,
-        fleet(systems, proxy_core, side_core, log, gc_freeze=args.gc_freeze) as running,
+        fleet(
+            systems, proxy_core, side_core, log, gc_freeze=args.gc_freeze, loop=args.loop
+        ) as running,
     ):
         direct_pid = running["direct"].process.pid
         for scenario in scenarios:
