@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import socket
 import threading
 import time
@@ -87,3 +88,22 @@ async def read_request(scope: Any, receive: Any) -> tuple[bytes, list[tuple[str,
         if not message.get("more_body"):
             break
     return body, [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+
+
+def gzip_json_app(answer: bytes) -> Any:
+    """An upstream that reads the request and answers ``answer`` gzip-compressed."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await read_request(scope, receive)
+        body = gzip.compress(answer)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-encoding", b"gzip"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app

@@ -3,7 +3,6 @@ depend on whether a request went through it or through httpx's whole client."""
 
 from __future__ import annotations
 
-import gzip
 from typing import Any
 
 import httpx
@@ -14,7 +13,7 @@ from asgi_autoproxy.clients import default_client_factory, direct_lane
 from asgi_autoproxy.transport import AiohttpTransport
 from tests.conftest import CALLER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
-from tests.servers import serve
+from tests.servers import gzip_json_app, serve
 
 pytestmark = pytest.mark.anyio
 TRANSPORTS = ["aiohttp", "httpx"]
@@ -25,6 +24,16 @@ def caller(app: AutoProxyMiddleware) -> httpx.AsyncClient:
         transport=httpx.ASGITransport(app=app),
         base_url="http://t",
         headers={"authorization": f"Bearer {CALLER_KEY}"},
+    )
+
+
+def proxy_to(base_url: str, transport: Any) -> AutoProxyMiddleware:
+    """A proxy without a cache whose proxied routes never reach the inner app."""
+    return AutoProxyMiddleware(
+        _never_called,
+        providers=[OpenAIProvider(base_url=base_url)],
+        http_transport=transport,
+        cache=None,
     )
 
 
@@ -74,31 +83,11 @@ async def test_caller_sees_the_same_answer_either_way(
     assert streamed.text.endswith("data: [DONE]\n\n")
 
 
-async def _gzip_upstream(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    while (await receive()).get("more_body"):
-        pass
-    answer = b'{"id": "c1", "object": "chat.completion", "choices": []}'
-    body = gzip.compress(answer)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-encoding", b"gzip"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 @pytest.mark.parametrize("choice", TRANSPORTS)
 async def test_compressed_answers_reach_the_caller_decoded(choice: str) -> None:
-    with serve(_gzip_upstream) as server:
-        app = AutoProxyMiddleware(
-            _never_called,
-            providers=[OpenAIProvider(base_url=server.url)],
-            http_transport=choice,  # type: ignore[arg-type]
-            cache=None,
-        )
+    answer = b'{"id": "c1", "object": "chat.completion", "choices": []}'
+    with serve(gzip_json_app(answer)) as server:
+        app = proxy_to(server.url, choice)
         async with caller(app) as http:
             response = await http.post("/v1/proxy/auto", json=chat_body())
         await app.aclose()
@@ -120,12 +109,7 @@ async def test_the_clients_timeout_bounds_the_lane_too(
 
 @pytest.mark.parametrize("choice", TRANSPORTS)
 async def test_unreachable_upstream_is_a_502_either_way(choice: str) -> None:
-    app = AutoProxyMiddleware(
-        _never_called,
-        providers=[OpenAIProvider(base_url="http://127.0.0.1:9/v1")],
-        http_transport=choice,  # type: ignore[arg-type]
-        cache=None,
-    )
+    app = proxy_to("http://127.0.0.1:9/v1", choice)
     async with caller(app) as http:
         response = await http.post("/v1/proxy/auto", json=chat_body())
     await app.aclose()

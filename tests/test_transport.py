@@ -18,7 +18,7 @@ from asgi_autoproxy.clients import SharedClients, default_client_factory
 from asgi_autoproxy.transport import AiohttpTransport
 from tests.conftest import CALLER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
-from tests.servers import serve
+from tests.servers import gzip_json_app, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -77,22 +77,9 @@ async def test_response_headers_keep_repeated_values(fast: httpx.AsyncClient) ->
     assert response.text == "ok"
 
 
-async def _gzip_app(scope: Any, receive: Any, send: Any) -> None:
-    if scope["type"] != "http":
-        return
-    body = gzip.compress(b'{"compressed": true}')
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-encoding", b"gzip"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 async def test_compressed_body_is_decoded_once_by_httpx(fast: httpx.AsyncClient) -> None:
     """The transport hands over raw bytes; httpx decodes, as with its own transport."""
-    with serve(_gzip_app) as server:
+    with serve(gzip_json_app(b'{"compressed": true}')) as server:
         async with fast.stream("GET", server.url) as response:
             raw = b"".join([chunk async for chunk in response.aiter_raw()])
         decoded = await fast.get(server.url)
