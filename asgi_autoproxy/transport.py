@@ -111,10 +111,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 self._urls[text] = url
         return url
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def _live_session(self) -> aiohttp.ClientSession:
         session = self._session
         if session is None or session.closed:
             session = self._session = self._open_session()
+        return session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._live_session()
         try:
             data: Any = request.content or None
         except httpx.RequestNotRead:
@@ -154,13 +158,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """POST without building httpx's Request and Response objects.
 
         About three times cheaper per call than going through ``httpx.AsyncClient``.
-        The caller sends every header itself (aiohttp adds only Host and
-        Content-Length where missing); ``url`` must be percent-encoded. The body is
+        The caller sends every header it wants (aiohttp fills in Host, Content-Length
+        and its own defaults only for those left out); ``url`` must be percent-encoded. The body is
         decompressed here, and errors are raised as httpx's, like ``handle_async_request``.
         """
-        session = self._session
-        if session is None or session.closed:
-            session = self._session = self._open_session()
+        session = self._live_session()
         with _as_httpx_errors(None):
             response = await session.request(
                 "POST",
