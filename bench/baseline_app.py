@@ -15,6 +15,8 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from bench.loop_report import report_loop
+
 URL = os.environ["BENCH_UPSTREAM"].rstrip("/") + "/chat/completions"
 USE_CACHE = os.environ.get("BENCH_BASELINE_CACHE") == "1"
 cache: dict[bytes, tuple[int, bytes]] = {}
@@ -25,6 +27,7 @@ shared: dict[str, httpx.AsyncClient] = {}
 async def lifespan(app):
     async with httpx.AsyncClient(timeout=60) as client:
         shared["client"] = client
+        report_loop()
         if os.environ.get("BENCH_GC_FREEZE") == "1":
             gc.collect()
             gc.freeze()

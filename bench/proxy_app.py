@@ -16,16 +16,22 @@ import httpx
 
 from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, freeze_startup_heap
 from asgi_autoproxy.asgi import serve_lifespan
+from bench.loop_report import report_loop
 
 
 def cache_supported() -> bool:
     return "cache" in inspect.signature(AutoProxyMiddleware.__init__).parameters
 
 
+def start_up_with_freeze() -> None:
+    report_loop()
+    freeze_startup_heap()
+
+
 async def not_found(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         freeze = os.environ.get("BENCH_GC_FREEZE") == "1"
-        await serve_lifespan(receive, send, freeze_startup_heap if freeze else None)
+        await serve_lifespan(receive, send, start_up_with_freeze if freeze else report_loop)
         return
     await send({"type": "http.response.start", "status": 404, "headers": []})
     await send({"type": "http.response.body", "body": b"not found"})

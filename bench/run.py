@@ -179,7 +179,9 @@ class Running:
     system: System
     port: int
     process: subprocess.Popen[bytes]
+    loop_file: Path
     idle_rss_kib: int = 0
+    loop: str = "?"
 
     @property
     def url(self) -> str:
@@ -196,11 +198,14 @@ def start(
     loop: str = "auto",
 ) -> Running:
     port = free_port()
+    loop_file = log.with_name(f"{system.key}-{port}.loop")
+    loop_file.unlink(missing_ok=True)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "BENCH_UPSTREAM": upstream,
         "BENCH_GC_FREEZE": "1" if gc_freeze else "0",
+        "BENCH_LOOP_FILE": str(loop_file),
         **system.env,
     }
     command = [
@@ -224,7 +229,7 @@ def start(
     ]
     with log.open("ab") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
-    return Running(system, port, process)
+    return Running(system, port, process, loop_file)
 
 
 def wait_ready(running: Running, log: Path, timeout: float = 20.0) -> None:
@@ -233,6 +238,9 @@ def wait_ready(running: Running, log: Path, timeout: float = 20.0) -> None:
         if running.process.poll() is not None:
             raise SystemExit(f"{running.system.key} exited at start-up; see {log}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", running.port)):
+            # uvicorn listens only after start-up, where the app wrote its loop's class.
+            loop_class = running.loop_file.read_text()  # see bench/loop_report.py
+            running.loop = "uvloop" if loop_class.startswith("uvloop") else "asyncio"
             return
         time.sleep(0.05)
     raise SystemExit(f"{running.system.key} did not start within {timeout:.0f}s; see {log}")
@@ -408,7 +416,8 @@ def render(
         f"- Mode: {'quick' if args.quick else 'full'}; {args.duration:g} s per cell after "
         f"{args.warmup:g} s warm-up; {args.repeat} repeat(s) (cells: median, with min to max "
         "when repeated)",
-        f"- Servers: uvicorn {' '.join(server_flags(args.loop))}; load: "
+        f"- Servers: uvicorn {' '.join(server_flags(args.loop))} (event loop as the servers "
+        f"reported it: {', '.join(sorted({r.loop for r in running.values()}))}); load: "
         f"{'wrk (non-streaming), ' if args.wrk else ''}bench/loadgen.py (aiohttp)"
         f"{'' if args.wrk else ' for all'}; pinning: {args.pinning}",
         "- Garbage collector: "
@@ -609,9 +618,14 @@ def fleet(
         base_url = f"http://127.0.0.1:{upstream.port}/v1"
         for system in systems:
             if system.key != "direct":
-                started[system.key] = start(system, proxy_core, base_url, log, gc_freeze=gc_freeze)
+                started[system.key] = start(
+                    system, proxy_core, base_url, log, gc_freeze=gc_freeze, loop=loop
+                )
+        expected_loop = server_flags(loop)[1]
         for proc in started.values():
             wait_ready(proc, log)
+            if proc.loop != expected_loop:
+                raise SystemExit(f"{proc.system.key} runs {proc.loop}, not {expected_loop}")
         for proc in started.values():
             proc.idle_rss_kib = memory_kib(proc.process.pid, "VmRSS")
         yield started
@@ -638,13 +652,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--loop",
         choices=["auto", "uvloop", "asyncio"],
-        default="auto",
-        help="every server's event loop (auto: uvloop when installed)",
+        default="asyncio",
+        help="every server's event loop (default asyncio, as the CLI runs; auto: uvloop "
+        "when installed, as plain uvicorn does)",
     )
     parser.add_argument(
         "--gc-freeze",
-        action="store_true",
-        help="every proxy, the baselines too, freezes its start-up heap (as the CLI does)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every proxy, the baselines too, freezes its start-up heap, as the CLI does "
+        "(default on)",
     )
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.md")
     args = parser.parse_args(argv)

@@ -11,6 +11,8 @@ import asyncio
 import json
 from typing import Any
 
+from bench.loop_report import report_loop
+
 STREAM_CHUNKS = 20
 STREAM_INTERVAL = 0.010
 
@@ -67,6 +69,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                report_loop()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})

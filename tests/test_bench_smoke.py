@@ -26,7 +26,7 @@ def test_bench_quick_slice_runs_and_reports(tmp_path: Path, gc_freeze: bool) -> 
         "--warmup=0.2",
         "--loadgen=python",
         f"--output={output}",
-        *(["--gc-freeze"] if gc_freeze else []),
+        "--gc-freeze" if gc_freeze else "--no-gc-freeze",
     ]
     subprocess.run(command, cwd=ROOT, check=True, timeout=60, capture_output=True)
     cells = json.loads(output.with_suffix(".json").read_text())["cells"]
@@ -45,6 +45,9 @@ def test_bench_quick_slice_runs_and_reports(tmp_path: Path, gc_freeze: bool) -> 
     report = output.read_text()
     assert "## Non-streaming misses" in report and "| asgi_autoproxy, cache off | 4 |" in report
     assert ("start-up heap frozen" in report) == gc_freeze
+    # Every server, proxies included, says it ran the loop the run asked for.
+    assert "--loop asyncio --http" in report
+    assert "(event loop as the servers reported it: asyncio)" in report
 
 
 def test_memory_bench_slice_runs_and_judges() -> None:

@@ -99,6 +99,29 @@ def test_cli_reads_env_and_sends_server_key_upstream(
     assert CALLER_KEY not in s.log
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "loop_class"),
+    [
+        ([], {}, "asyncio.unix_events._UnixSelectorEventLoop"),
+        (["--loop", "uvloop"], {}, "uvloop.Loop"),
+        ([], {"AUTOPROXY_LOOP": "uvloop"}, "uvloop.Loop"),
+    ],
+)
+def test_cli_runs_the_event_loop_it_is_asked_for(
+    upstream_url: str, tmp_path: Path, args: list[str], env: dict[str, str], loop_class: str
+) -> None:
+    if loop_class.startswith("uvloop"):
+        pytest.importorskip("uvloop")
+    elif sys.platform == "win32":
+        pytest.skip("the selector loop is the Unix default")
+    port = free_port()
+    command = ["-m", "asgi_autoproxy", "--port", str(port), "--openai-base-url", upstream_url]
+    log_path = tmp_path / "loop.log"
+    with run_server([*command, *args], port=port, env=env, log_path=log_path) as server:
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+    assert f"event loop: {loop_class}" in server.log
+
+
 @pytest.mark.anyio
 async def test_pass_through_flag_wins_over_server_key(
     upstream: FakeUpstream, upstream_url: str
@@ -211,6 +234,9 @@ def test_console_script_is_installed_and_answers_help() -> None:
         ([], {"AUTOPROXY_PORT": "eighty"}, "not a port number"),
         ([], {"AUTOPROXY_PASS_THROUGH": "maybe"}, "AUTOPROXY_PASS_THROUGH"),
         (["--log-level", "loud"], None, "invalid choice"),
+        ([], {"AUTOPROXY_LOG_LEVEL": "loud"}, "invalid choice: 'loud'"),
+        (["--loop", "tokio"], None, "invalid choice"),
+        ([], {"AUTOPROXY_LOOP": "tokio"}, "invalid choice: 'tokio'"),
     ],
 )
 def test_bad_settings_exit_2_with_a_message_not_a_traceback(
