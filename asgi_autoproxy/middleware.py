@@ -40,6 +40,7 @@ from .cache.entry import CachedResponse
 from .cache.flight import Flight
 from .cache.keys import SHARED_CALLER, EntryKey, entry_key
 from .cache.memory import MemoryCache
+from .cache.plan_memo import PlanMemo, request_digest
 from .cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL, CacheDecision, decide
 from .cache.store import CacheStats, ResponseCache
 from .clients import DEFAULT_TIMEOUT, SharedClients, TransportChoice, default_client_factory
@@ -110,6 +111,8 @@ def _ignore() -> None:
 class _CachePlan:
     decision: CacheDecision
     key: EntryKey
+    model: str
+    endpoint: Endpoint
 
 
 @dataclass(slots=True)
@@ -274,6 +277,7 @@ class AutoProxyMiddleware:
         )
         self._cache_ttl = cache_ttl
         self._share_cache = share_cache_across_callers
+        self._plan_memo: PlanMemo[_CachePlan] | None = None if self._cache is None else PlanMemo()
         if coalesce_timeout <= 0:
             raise ValueError("coalesce_timeout must be a positive number of seconds")
         self._coalesce_timeout = coalesce_timeout
@@ -392,6 +396,14 @@ class AutoProxyMiddleware:
                 await self._send_json(call, 200, _json.dumps(self._models_body()))
                 return
             body = await read_body(receive, self.max_body_size, headers.content_length)
+            digest = remembered = None
+            if self._plan_memo is not None:
+                cache_caller = self._cache_caller(caller.cache_scope)
+                has_key = caller.credential is not None
+                digest = request_digest(route, cache_caller, has_key, headers, body)
+                remembered = self._plan_memo.get(digest)
+                if remembered is not None and await self._serve_remembered(call, remembered):
+                    return
             payload = _parse_payload(body, self._limits.max_json_depth)
             model = payload["model"]
             endpoint: Endpoint = (
@@ -415,7 +427,12 @@ class AutoProxyMiddleware:
                 endpoint_name=headers.endpoint_name,
             )
             plan = self._cache_plan(headers, request, candidates, caller.cache_scope)
-            await self._answer(call, candidates, request, plan, receive)
+            if digest is not None and plan is not None and plan.decision.read:
+                assert self._plan_memo is not None
+                self._plan_memo.put(digest, plan)
+            # The remembered plan's entry was just looked up, and missed: no second look.
+            looked_up = remembered is not None and plan is not None and remembered.key == plan.key
+            await self._answer(call, candidates, request, plan, receive, looked_up=looked_up)
         except ClientDisconnected:
             return
         except ProxyError as error:
@@ -442,15 +459,29 @@ class AutoProxyMiddleware:
         )
         if not (decision.read or decision.write):
             return None
-        caller = SHARED_CALLER if self._share_cache else caller_scope
         key = entry_key(
             endpoint=request.endpoint,
             # A pinned provider answers alone, so it must not share the group's entries.
             providers=request.endpoint_name or ",".join(p.name for p in candidates),
-            caller=caller,
+            caller=self._cache_caller(caller_scope),
             payload=request.payload,
         )
-        return _CachePlan(decision, key)
+        return _CachePlan(decision, key, request.model, request.endpoint)
+
+    def _cache_caller(self, caller_scope: str) -> str:
+        """Whose entries a caller reads: its own, or everyone's when they are shared."""
+        return SHARED_CALLER if self._share_cache else caller_scope
+
+    async def _serve_remembered(self, call: _Call, plan: _CachePlan) -> bool:
+        """Answer from the entry of a plan remembered for these very bytes (see
+        cache/plan_memo.py), without parsing them; False when the entry is gone."""
+        assert self._cache is not None
+        entry = await self._cache.get(plan.key, max_age=plan.decision.max_age)
+        if entry is None:
+            return False
+        call.trace.model, call.trace.endpoint = plan.model, plan.endpoint
+        await self._send_hit(call, entry)
+        return True
 
     async def _answer(
         self,
@@ -459,15 +490,19 @@ class AutoProxyMiddleware:
         request: UpstreamRequest,
         plan: _CachePlan | None,
         receive: Receive,
+        *,
+        looked_up: bool = False,
     ) -> None:
-        """Serve from the cache, join an identical request in flight, or call upstream."""
+        """Serve from the cache (unless ``looked_up`` already missed), join an identical
+        request in flight, or call upstream."""
         call.trace.model, call.trace.endpoint = request.model, request.endpoint
         if plan is not None and plan.decision.read:
             assert self._cache is not None
-            entry = await self._cache.get(plan.key, max_age=plan.decision.max_age)
-            if entry is not None:
-                await self._send_hit(call, entry)
-                return
+            if not looked_up:
+                entry = await self._cache.get(plan.key, max_age=plan.decision.max_age)
+                if entry is not None:
+                    await self._send_hit(call, entry)
+                    return
             for _ in range(_MAX_FOLLOW_ATTEMPTS):
                 flight = self._flights.get(plan.key.key)
                 if flight is None:

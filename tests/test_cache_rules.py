@@ -48,9 +48,9 @@ KNOWN_KEYS = {
 def test_entry_keys_do_not_change(monkeypatch: pytest.MonkeyPatch, hash_name: str) -> None:
     if hash_name == "blake3":
         blake3 = pytest.importorskip("blake3")
-        monkeypatch.setattr(keys, "_new_hash", blake3.blake3)
+        monkeypatch.setattr(keys, "new_hash", blake3.blake3)
     else:
-        monkeypatch.setattr(keys, "_new_hash", hashlib.sha256)
+        monkeypatch.setattr(keys, "new_hash", hashlib.sha256)
     monkeypatch.setattr(keys, "_HASH_NAME", hash_name)
     payload = {
         "model": "gpt-4o-mini",

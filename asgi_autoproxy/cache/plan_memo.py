@@ -1,0 +1,75 @@
+"""Remembered cache plans: a request seen before goes to its cache entry unparsed.
+
+Eval reruns send the same bytes again and again. The first time, the middleware parses
+the body, routes it and derives the entry key (its "plan"). It then files that plan
+under a digest of everything the plan was derived from: the route, the caller's cache
+scope, the cache-related request headers and the raw body. The next identical request
+finds the plan by that digest and, when the entry is there, is answered without being
+parsed. A request whose plan is not remembered, or whose entry is gone, takes the full
+path, so nothing is served that the full path would refuse.
+
+Authentication, rate limits, header limits and the body size limit run before the
+lookup, as for any request. The caller's cache scope, and whether it sent a key, are
+part of the digest, so one caller's plan never points another caller at its entry.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from .. import _json
+from ..headers import RequestHeaders
+from .keys import new_hash
+
+Plan = TypeVar("Plan")
+
+DEFAULT_MAX_PLANS = 2048
+
+
+def request_digest(
+    route: str, caller: str, with_credential: bool, headers: RequestHeaders, body: bytes
+) -> bytes:
+    """What a plan depends on, hashed. ``with_credential``: whether the caller sent a
+    key, which decides whether a provider that forwards callers' keys may answer; with
+    shared entries, ``caller`` alone would not tell. The JSON line of small fields cannot
+    hold a raw newline, so the first newline ends it and no two inputs share bytes."""
+    fields = _json.dumps(
+        [
+            route,
+            caller,
+            with_credential,
+            headers.endpoint_name,
+            headers.use_cache,
+            headers.cache_ttl,
+            headers.cache_control,
+        ]
+    )
+    digest: bytes = new_hash(b"\n".join((fields, body))).digest()
+    return digest
+
+
+class PlanMemo(Generic[Plan]):
+    """At most ``max_plans`` plans; the oldest filed goes first when full."""
+
+    def __init__(self, max_plans: int = DEFAULT_MAX_PLANS) -> None:
+        if max_plans < 1:
+            raise ValueError(f"max_plans must be at least 1, got {max_plans}")
+        self.max_plans = max_plans
+        self._plans: dict[bytes, Plan] = {}
+        self.found = 0
+        """Lookups that found a plan (whether or not its entry was still cached)."""
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def get(self, digest: bytes) -> Plan | None:
+        plan = self._plans.get(digest)
+        if plan is not None:
+            self.found += 1
+        return plan
+
+    def put(self, digest: bytes, plan: Plan) -> None:
+        plans = self._plans
+        if digest not in plans and len(plans) >= self.max_plans:
+            del plans[next(iter(plans))]
+        plans[digest] = plan
