@@ -194,8 +194,6 @@ def test_every_input_of_a_plan_changes_the_digest() -> None:
         ("auto", "caller", True, RequestHeaders([(b"x-bt-cache-ttl", b"60")]), b"{}"),
         ("auto", "caller", True, RequestHeaders([(b"cache-control", b"no-store")]), b"{}"),
         ("auto", "caller", True, plain, b"{ }"),
-        # A newline inside a field is escaped in the JSON line, so it cannot end it.
-        ("auto", "caller\n", True, plain, b"{}"),
     ]
     digests = {request_digest(*args) for args in [base, *variants]}
     assert len(digests) == len(variants) + 1

@@ -2,8 +2,8 @@
 
 Eval reruns send the same bytes again and again. The first time, the middleware parses
 the body, routes it and derives the entry key (its "plan"). It then files that plan
-under a digest of everything the plan was derived from: the route, the caller's cache
-scope, the cache-related request headers and the raw body. The next identical request
+under everything the plan was derived from: the route, the caller's cache scope, the
+cache-related request headers and a hash of the raw body. The next identical request
 finds the plan by that digest and, when the entry is there, is answered without being
 parsed. A request whose plan is not remembered, or whose entry is gone, takes the full
 path, so nothing is served that the full path would refuse.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from .. import _json
 from ..headers import RequestHeaders
 from .keys import new_hash
 
@@ -26,26 +25,29 @@ Plan = TypeVar("Plan")
 DEFAULT_MAX_PLANS = 2048
 
 
+RequestDigest = tuple[str, str, bool, str | None, str | None, str | None, str | None, bytes]
+
+
 def request_digest(
     route: str, caller: str, with_credential: bool, headers: RequestHeaders, body: bytes
-) -> bytes:
-    """What a plan depends on, hashed. ``with_credential``: whether the caller sent a
-    key, which decides whether a provider that forwards callers' keys may answer; with
-    shared entries, ``caller`` alone would not tell. The JSON line of small fields cannot
-    hold a raw newline, so the first newline ends it and no two inputs share bytes."""
-    fields = _json.dumps(
-        [
-            route,
-            caller,
-            with_credential,
-            headers.endpoint_name,
-            headers.use_cache,
-            headers.cache_ttl,
-            headers.cache_control,
-        ]
+) -> RequestDigest:
+    """What a plan depends on: the small fields as they are, the body hashed.
+
+    ``with_credential``: whether the caller sent a key, which decides whether a provider
+    that forwards callers' keys may answer; with shared entries, ``caller`` alone would
+    not tell. A tuple, not one hash over everything: it saves serialising the fields and
+    copying the body on every request.
+    """
+    return (
+        route,
+        caller,
+        with_credential,
+        headers.endpoint_name,
+        headers.use_cache,
+        headers.cache_ttl,
+        headers.cache_control,
+        new_hash(body).digest(),
     )
-    digest: bytes = new_hash(b"\n".join((fields, body))).digest()
-    return digest
 
 
 class PlanMemo(Generic[Plan]):
@@ -55,20 +57,20 @@ class PlanMemo(Generic[Plan]):
         if max_plans < 1:
             raise ValueError(f"max_plans must be at least 1, got {max_plans}")
         self.max_plans = max_plans
-        self._plans: dict[bytes, Plan] = {}
+        self._plans: dict[RequestDigest, Plan] = {}
         self.found = 0
         """Lookups that found a plan (whether or not its entry was still cached)."""
 
     def __len__(self) -> int:
         return len(self._plans)
 
-    def get(self, digest: bytes) -> Plan | None:
+    def get(self, digest: RequestDigest) -> Plan | None:
         plan = self._plans.get(digest)
         if plan is not None:
             self.found += 1
         return plan
 
-    def put(self, digest: bytes, plan: Plan) -> None:
+    def put(self, digest: RequestDigest, plan: Plan) -> None:
         plans = self._plans
         if digest not in plans and len(plans) >= self.max_plans:
             del plans[next(iter(plans))]
