@@ -18,7 +18,7 @@ import anyio
 logger = logging.getLogger("asgi_autoproxy")
 
 
-def _on_asyncio() -> bool:
+def on_asyncio() -> bool:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -33,7 +33,7 @@ def _report(task: asyncio.Task[None]) -> None:
 
 @asynccontextmanager
 async def beside(helper: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
-    if _on_asyncio():
+    if on_asyncio():
         task = asyncio.ensure_future(helper())
         task.add_done_callback(_report)
         try:

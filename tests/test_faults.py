@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import pytest
 
-from asgi_autoproxy import AutoProxyMiddleware, MemoryCache
+from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, idle
 from tests.fault_upstream import FAULTS, STREAM_ONLY, FaultUpstream
 from tests.faults import (
     IDLE_TIMEOUT,
@@ -90,8 +90,19 @@ async def test_fault_gets_a_clear_answer_and_nothing_is_cached(
     await assert_serves_healthy(proxy)
 
 
+@pytest.fixture(params=["asyncio.timeout", "watchdog"])
+def idle_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways idle.py guards a stream: asyncio.timeout (3.11+ on asyncio) and the
+    watchdog task that Python 3.10 and other event loops get."""
+    if request.param == "watchdog":
+        monkeypatch.setattr(idle, "_asyncio_timeout", None)
+    elif idle._asyncio_timeout is None:
+        pytest.skip("asyncio.timeout needs Python 3.11")
+    return str(request.param)
+
+
 async def test_stalled_stream_ends_after_the_idle_timeout(
-    proxy: AutoProxyMiddleware, fault_upstream: FaultUpstream
+    proxy: AutoProxyMiddleware, fault_upstream: FaultUpstream, idle_guard: str
 ) -> None:
     started = time.monotonic()
     async with asgi_client(proxy) as http:
@@ -110,7 +121,7 @@ async def test_stalled_stream_ends_after_the_idle_timeout(
 
 
 async def test_idle_timeout_counts_silence_not_slow_streams(
-    proxy: AutoProxyMiddleware,
+    proxy: AutoProxyMiddleware, idle_guard: str
 ) -> None:
     # Ten chunks 0.1 s apart take 1 s in all, but no gap reaches the 0.3 s idle limit.
     body = fault_body("ok", True, fault_delay=None)
@@ -119,6 +130,28 @@ async def test_idle_timeout_counts_silence_not_slow_streams(
         response = await http.post("/v1/proxy/auto", json=body)
     assert response.content.endswith(b"data: [DONE]\n\n")
     assert len(sse_events(response.content)) == 11
+
+
+async def test_idle_guard_keeps_a_timeout_the_stream_raised_itself(idle_guard: str) -> None:
+    # Only the guard's own expiry is absorbed; any other TimeoutError is the caller's.
+    with pytest.raises(TimeoutError, match="from the body"):
+        async with idle.idle_limit(5.0) as watch:
+            watch.waiting()
+            raise TimeoutError("from the body")
+    async with idle.idle_limit(0.05) as watch:
+        watch.waiting()
+        await anyio.sleep(1.0)  # cut short by the guard
+    assert watch.expired
+
+
+async def test_idle_guard_does_not_count_time_spent_relaying(idle_guard: str) -> None:
+    async with idle.idle_limit(0.1) as watch:
+        for _ in range(3):
+            watch.waiting()
+            await anyio.sleep(0.01)  # the upstream answers at once...
+            watch.arrived()
+            await anyio.sleep(0.15)  # ...and a slow caller takes longer than the limit
+    assert not watch.expired
 
 
 async def test_malformed_sse_stops_before_the_bad_event(proxy: AutoProxyMiddleware) -> None:
