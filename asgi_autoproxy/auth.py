@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from .asgi import Scope
@@ -33,17 +32,39 @@ Authenticate = Callable[[str, Scope], str | Awaitable[str | None] | None]
 AuthMode = Literal["checked", "pass-through", "anonymous"]
 
 
-@dataclass(slots=True)  # not frozen: that doubles its cost, and every request makes one
 class Caller:
-    """The caller of one request, as far as the proxy knows it."""
+    """The caller of one request, as far as the proxy knows it.
 
-    id: str
-    """For logs, hooks and rate limits: the authenticated id, or a hash of the
-    pass-through key, or ``anonymous``. Never the secret itself."""
-    credential: str | None
-    """The presented token; providers without a key of their own forward it."""
-    cache_scope: str
-    """What isolates this caller's cache entries from everyone else's."""
+    ``id`` and ``cache_scope`` are hashes, worked out on first use: a request that
+    needs neither before its upstream call (no cache, no rate limit) does not pay for
+    them on the way to its first byte."""
+
+    __slots__ = ("_authenticated", "_id", "_scope", "credential")
+
+    def __init__(self, credential: str | None, *, authenticated: str | None = None) -> None:
+        self.credential = credential
+        """The presented token; providers without a key of their own forward it."""
+        self._authenticated = authenticated
+        self._id: str | None = authenticated
+        self._scope: str | None = None
+
+    @property
+    def id(self) -> str:
+        """For logs, hooks and rate limits: the authenticated id, or a hash of the
+        pass-through key, or ``anonymous``. Never the secret itself."""
+        if self._id is None:
+            self._id = self.cache_scope  # unchecked callers: the same hash
+        return self._id
+
+    @property
+    def cache_scope(self) -> str:
+        """What isolates this caller's cache entries from everyone else's."""
+        if self._scope is None:
+            if self._authenticated is not None:
+                self._scope = caller_identity(None, authenticated=self._authenticated)
+            else:
+                self._scope = caller_identity(self.credential)
+        return self._scope
 
 
 def _missing() -> ProxyError:
@@ -92,18 +113,13 @@ class CallerAuth:
         """The caller presenting ``credential`` (``RequestHeaders.credential``); raises a
         401 ``ProxyError`` when checking fails."""
         if self.mode != "checked":
-            identity = caller_identity(credential)
-            return Caller(id=identity, credential=credential, cache_scope=identity)
+            return Caller(credential)
         if credential is None:
             raise _missing()
         caller_id = await self._check(credential, scope)
         if caller_id is None:
             raise _invalid()
-        return Caller(
-            id=caller_id,
-            credential=credential,
-            cache_scope=caller_identity(None, authenticated=caller_id),
-        )
+        return Caller(credential, authenticated=caller_id)
 
     async def _check(self, token: str, scope: Scope) -> str | None:
         if self._key_ids is not None:

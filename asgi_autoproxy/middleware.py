@@ -33,7 +33,7 @@ from .asgi import (
     read_body,
     route_path,
 )
-from .auth import Authenticate, CallerAuth
+from .auth import Authenticate, Caller, CallerAuth
 from .background import beside
 from .cache.base import CacheBackend
 from .cache.entry import CachedResponse
@@ -121,8 +121,8 @@ class _Call:
 
     request_id: str
     send: Send
-    caller_id: str | None = None
-    """Who asked, once authenticated (an id, never the credential); for logs and hooks."""
+    caller: Caller | None = None
+    """Who asked, once authenticated; its id (never the credential) goes to logs and hooks."""
     started: bool = False
     connected: bool = True
     on_gone: Callable[[], None] = _ignore
@@ -360,7 +360,7 @@ class AutoProxyMiddleware:
                 request_id=call.request_id,
                 method=scope["method"],
                 route=route,
-                caller_id=call.caller_id,
+                caller_id=None if call.caller is None else call.caller.id,
             )
             await self._reporter.report(record)
 
@@ -390,8 +390,9 @@ class AutoProxyMiddleware:
                 )
             self._limits.check_headers(headers)
             caller = await self._auth.identify(headers.credential, scope)
-            call.caller_id = caller.id
-            self._limits.check_rate(caller.id)
+            call.caller = caller
+            if self._limits.buckets is not None:
+                self._limits.check_rate(caller.id)
             if route == "models":
                 await self._send_json(call, 200, _json.dumps(self._models_body()))
                 return
