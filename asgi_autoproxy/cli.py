@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import __version__
@@ -80,9 +80,10 @@ def _port(value: str) -> int:
     return port
 
 
-def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
-    """A ``type=`` that checks the choice, since argparse skips ``choices`` for a default
-    read from the environment."""
+def _choice(choices: Sequence[str]) -> dict[str, Any]:
+    """``type=`` and ``metavar=`` for a flag with fixed choices. The type checks the
+    choice itself, since argparse skips ``choices`` for a default read from the
+    environment."""
 
     def parse(value: str) -> str:
         if value.lower() not in choices:
@@ -91,7 +92,7 @@ def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
             )
         return value.lower()
 
-    return parse
+    return {"type": parse, "metavar": "{" + ",".join(choices) + "}"}
 
 
 def _env_flag(environ: Mapping[str, str], name: str) -> bool:
@@ -164,8 +165,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     parser.add_argument(
         "--loop",
-        type=_one_of(LOOPS),
-        metavar="{" + ",".join(LOOPS) + "}",
+        **_choice(LOOPS),
         default=env.get("AUTOPROXY_LOOP", "asyncio"),
         help="event loop (env AUTOPROXY_LOOP; default %(default)s). uvloop admits one new "
         "connection per loop turn, so under load a burst of new connections waits up to "
@@ -174,8 +174,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     parser.add_argument(
         "--log-level",
-        type=_one_of(LOG_LEVELS),
-        metavar="{" + ",".join(LOG_LEVELS) + "}",
+        **_choice(LOG_LEVELS),
         default=env.get("AUTOPROXY_LOG_LEVEL", "info"),
         help="log level for uvicorn and the proxy (env AUTOPROXY_LOG_LEVEL; default %(default)s)",
     )

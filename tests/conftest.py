@@ -94,3 +94,13 @@ async def client(make_proxy: MakeProxy) -> AsyncIterator[httpx.AsyncClient]:
 
 def chat_body(content: str = "hello", **extra: Any) -> dict[str, Any]:
     return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
+
+
+class Clock:
+    """A clock the test moves by hand: set or add to ``now``."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

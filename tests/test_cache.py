@@ -11,18 +11,10 @@ import httpx
 import pytest
 
 from asgi_autoproxy import AutoProxyMiddleware, MemoryCache
-from tests.conftest import CALLER_KEY, MakeProxy, chat_body
+from tests.conftest import CALLER_KEY, Clock, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.anyio
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def http_client(app: AutoProxyMiddleware, key: str = CALLER_KEY) -> httpx.AsyncClient:

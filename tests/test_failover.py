@@ -18,7 +18,7 @@ import pytest
 
 from asgi_autoproxy import AutoProxyMiddleware, Cooldown, OpenAIProvider, RetryPolicy
 from asgi_autoproxy.dispatch import _retry_after
-from tests.conftest import SERVER_KEY, chat_body, inner_app
+from tests.conftest import SERVER_KEY, Clock, chat_body, inner_app
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerThread, serve_fleet
 
@@ -393,18 +393,10 @@ async def test_weight_zero_is_a_standby(
 # -- cool-down --------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_a_provider_that_keeps_failing_is_cooled_down(
     proxy_factory: Any, urls: list[str], fleet: list[FakeUpstream]
 ) -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     cooldown = Cooldown(after_failures=2, seconds=30, clock=clock)
     fleet[0].overrides = {"status": 503}
     async with proxy_factory(providers(urls[:2]), cooldown=cooldown) as http:
@@ -431,7 +423,7 @@ async def test_a_provider_that_keeps_failing_is_cooled_down(
 async def test_a_cooled_down_provider_is_still_tried_when_it_is_the_last_one(
     proxy_factory: Any, urls: list[str], fleet: list[FakeUpstream]
 ) -> None:
-    cooldown = Cooldown(after_failures=1, seconds=30, clock=Clock())
+    cooldown = Cooldown(after_failures=1, seconds=30, clock=Clock(1000.0))
     fleet[0].overrides = {"status": 503}
     async with proxy_factory(providers(urls[:1]), cooldown=cooldown) as http:
         statuses = [(await post(http)).status_code for _ in range(3)]
@@ -442,7 +434,7 @@ async def test_a_cooled_down_provider_is_still_tried_when_it_is_the_last_one(
 async def test_a_success_resets_the_failure_count(
     proxy_factory: Any, urls: list[str], fleet: list[FakeUpstream]
 ) -> None:
-    cooldown = Cooldown(after_failures=2, seconds=30, clock=Clock())
+    cooldown = Cooldown(after_failures=2, seconds=30, clock=Clock(1000.0))
     async with proxy_factory(providers(urls[:2]), cooldown=cooldown) as http:
         for _ in range(3):
             fleet[0].overrides = {"status": 500}

@@ -13,20 +13,12 @@ from hypothesis import strategies as st
 
 from asgi_autoproxy import AutoProxyMiddleware, ProxyError, RateLimit
 from asgi_autoproxy.limits import TokenBuckets, check_json_depth
-from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy, chat_body
+from tests.conftest import CALLER_KEY, SERVER_KEY, Clock, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.anyio
 
 OTHER_KEY = "sk-other-caller-key-778899"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def http(app: AutoProxyMiddleware, key: str = CALLER_KEY) -> httpx.AsyncClient:
@@ -217,7 +209,7 @@ async def test_upstream_cap_is_validated(make_proxy: MakeProxy) -> None:
 async def test_rate_limit_is_per_caller_with_retry_after(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     app = make_proxy(
         provider={"api_key": SERVER_KEY},
         api_keys={CALLER_KEY: "alice", OTHER_KEY: "bob"},
@@ -248,7 +240,7 @@ async def test_keys_of_one_caller_share_a_bucket(
     app = make_proxy(
         provider={"api_key": SERVER_KEY},
         api_keys={CALLER_KEY: "team", OTHER_KEY: "team"},
-        rate_limit=RateLimit(requests_per_second=1, burst=1, clock=Clock()),
+        rate_limit=RateLimit(requests_per_second=1, burst=1, clock=Clock(100.0)),
     )
     async with http(app, CALLER_KEY) as one, http(app, OTHER_KEY) as two:
         first = await one.get("/v1/proxy/models")
@@ -263,7 +255,7 @@ async def test_refused_callers_never_spend_tokens(
     app = make_proxy(
         provider={"api_key": SERVER_KEY},
         api_keys={CALLER_KEY: "alice"},
-        rate_limit=RateLimit(requests_per_second=1, burst=1, clock=Clock()),
+        rate_limit=RateLimit(requests_per_second=1, burst=1, clock=Clock(100.0)),
     )
     async with http(app, "sk-stranger") as stranger, http(app, CALLER_KEY) as alice:
         refused = [(await stranger.get("/v1/proxy/models")).status_code for _ in range(3)]
@@ -273,7 +265,7 @@ async def test_refused_callers_never_spend_tokens(
 
 
 def test_bucket_memory_is_bounded_least_recent_first() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     buckets = TokenBuckets(RateLimit(requests_per_second=1, burst=1, max_callers=2, clock=clock))
     buckets.take("a")
     buckets.take("b")

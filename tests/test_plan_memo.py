@@ -14,18 +14,10 @@ import pytest
 from asgi_autoproxy import AutoProxyMiddleware, MemoryCache
 from asgi_autoproxy.cache.plan_memo import PlanMemo, request_digest
 from asgi_autoproxy.headers import RequestHeaders
-from tests.conftest import CALLER_KEY, MakeProxy, chat_body
+from tests.conftest import CALLER_KEY, Clock, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.anyio
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def post(
