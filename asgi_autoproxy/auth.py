@@ -39,22 +39,21 @@ class Caller:
     needs neither before its upstream call (no cache, no rate limit) does not pay for
     them on the way to its first byte."""
 
-    __slots__ = ("_authenticated", "_id", "_scope", "credential")
+    __slots__ = ("_authenticated", "_scope", "credential")
 
     def __init__(self, credential: str | None, *, authenticated: str | None = None) -> None:
         self.credential = credential
         """The presented token; providers without a key of their own forward it."""
         self._authenticated = authenticated
-        self._id: str | None = authenticated
         self._scope: str | None = None
 
     @property
     def id(self) -> str:
         """For logs, hooks and rate limits: the authenticated id, or a hash of the
         pass-through key, or ``anonymous``. Never the secret itself."""
-        if self._id is None:
-            self._id = self.cache_scope  # unchecked callers: the same hash
-        return self._id
+        if self._authenticated is not None:
+            return self._authenticated
+        return self.cache_scope  # unchecked callers: the same hash
 
     @property
     def cache_scope(self) -> str:

@@ -403,7 +403,7 @@ class AutoProxyMiddleware:
                 has_key = caller.credential is not None
                 digest = request_digest(route, cache_caller, has_key, headers, body)
                 remembered = self._plan_memo.get(digest)
-                if remembered is not None and await self._serve_remembered(call, remembered):
+                if remembered is not None and await self._serve_cached(call, remembered):
                     return
             payload = _parse_payload(body, self._limits.max_json_depth)
             model = payload["model"]
@@ -473,9 +473,9 @@ class AutoProxyMiddleware:
         """Whose entries a caller reads: its own, or everyone's when they are shared."""
         return SHARED_CALLER if self._share_cache else caller_scope
 
-    async def _serve_remembered(self, call: _Call, plan: _CachePlan) -> bool:
-        """Answer from the entry of a plan remembered for these very bytes (see
-        cache/plan_memo.py), without parsing them; False when the entry is gone."""
+    async def _serve_cached(self, call: _Call, plan: _CachePlan) -> bool:
+        """Answer from ``plan``'s entry; False when it is not cached. A plan remembered
+        for these very bytes (cache/plan_memo.py) gets here without any parsing."""
         assert self._cache is not None
         entry = await self._cache.get(plan.key, max_age=plan.decision.max_age)
         if entry is None:
@@ -499,11 +499,8 @@ class AutoProxyMiddleware:
         call.trace.model, call.trace.endpoint = request.model, request.endpoint
         if plan is not None and plan.decision.read:
             assert self._cache is not None
-            if not looked_up:
-                entry = await self._cache.get(plan.key, max_age=plan.decision.max_age)
-                if entry is not None:
-                    await self._send_hit(call, entry)
-                    return
+            if not looked_up and await self._serve_cached(call, plan):
+                return
             for _ in range(_MAX_FOLLOW_ATTEMPTS):
                 flight = self._flights.get(plan.key.key)
                 if flight is None:
