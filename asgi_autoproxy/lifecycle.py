@@ -14,17 +14,12 @@ from typing import Any
 
 import anyio
 
+from .background import current_asyncio_task
+
 logger = logging.getLogger("asgi_autoproxy")
 
 # How long cut requests get to send their last words (a 503 or an error event).
 _CUT_WAIT = 5.0
-
-
-def _current_asyncio_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # not on asyncio (trio)
-        return None
 
 
 class InFlightRequests:
@@ -43,7 +38,7 @@ class InFlightRequests:
 
     async def run(self, request: Awaitable[None]) -> bool:
         """Await one request; True when shutdown cut it short."""
-        task = _current_asyncio_task()
+        task = current_asyncio_task()
         if task is None:
             return await self._run_in_scope(request)
         self._tasks.add(task)

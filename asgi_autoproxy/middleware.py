@@ -34,7 +34,7 @@ from .asgi import (
     route_path,
 )
 from .auth import Authenticate, Caller, CallerAuth
-from .background import beside
+from .background import TaskCancelScope, beside
 from .cache.base import CacheBackend
 from .cache.entry import CachedResponse
 from .cache.flight import Flight
@@ -427,7 +427,7 @@ class AutoProxyMiddleware:
                 request_id=call.request_id,
                 endpoint_name=headers.endpoint_name,
             )
-            plan = self._cache_plan(headers, request, candidates, caller.cache_scope)
+            plan = self._cache_plan(headers, request, candidates, caller)
             if digest is not None and plan is not None and plan.decision.read:
                 assert self._plan_memo is not None
                 self._plan_memo.put(digest, plan)
@@ -447,7 +447,7 @@ class AutoProxyMiddleware:
         headers: RequestHeaders,
         request: UpstreamRequest,
         candidates: Sequence[Provider],
-        caller_scope: str,
+        caller: Caller,
     ) -> _CachePlan | None:
         if self._cache is None:
             return None
@@ -464,7 +464,7 @@ class AutoProxyMiddleware:
             endpoint=request.endpoint,
             # A pinned provider answers alone, so it must not share the group's entries.
             providers=request.endpoint_name or ",".join(p.name for p in candidates),
-            caller=self._cache_caller(caller_scope),
+            caller=self._cache_caller(caller.cache_scope),  # hashed only here, when needed
             payload=request.payload,
         )
         return _CachePlan(decision, key, request.model, request.endpoint)
@@ -558,7 +558,7 @@ class AutoProxyMiddleware:
             self._flights[plan.key.key] = flight
         failure: Exception | None = None
         try:
-            with anyio.CancelScope() as scope:
+            async with TaskCancelScope() as scope:
                 if flight is not None:
                     flight.on_abandon(scope.cancel)
 
@@ -602,6 +602,9 @@ class AutoProxyMiddleware:
             else:
                 await self._relay_whole(call, provider, response, plan, flight)
         finally:
+            # The exchange is over: a caller leaving now must not cut the close short
+            # (the task's own cancel, unlike anyio's, goes through anyio's shield).
+            call.on_gone = _ignore
             with anyio.CancelScope(shield=True):
                 await response.aclose()
 
@@ -724,7 +727,7 @@ class AutoProxyMiddleware:
         flight.followers += 1
         served = True
         try:
-            with anyio.CancelScope() as scope:
+            async with TaskCancelScope() as scope:
                 call.on_gone = scope.cancel
                 async with beside(lambda: _watch_disconnect(receive, call)):
                     served = await self._consume(call, flight)

@@ -8,8 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, auth
 from asgi_autoproxy.asgi import Scope
+from asgi_autoproxy.cache.keys import caller_identity
 from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy, chat_body, inner_app
 from tests.fake_upstream import FakeUpstream
 
@@ -245,6 +246,26 @@ async def test_pass_through_without_checks_leaves_judging_to_upstream(
     any_key = await call_route(app, "POST", "/v1/proxy/auto", "whatever-key")
     assert (models.status_code, no_key.status_code, any_key.status_code) == (200, 401, 200)
     assert upstream.requests[0].headers["authorization"] == "Bearer whatever-key"
+
+
+async def test_a_request_with_no_cache_rate_limit_or_hook_hashes_no_caller(
+    make_proxy: MakeProxy, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller's hash sits on the way to the upstream call; nothing here needs it.
+    hashed: list[str | None] = []
+
+    def counted(credential: str | None, **kwargs: Any) -> str:
+        hashed.append(credential)
+        return caller_identity(credential, **kwargs)
+
+    monkeypatch.setattr(auth, "caller_identity", counted)
+    app = make_proxy(cache=None)
+    streamed = await call_route(app, "POST", "/v1/proxy/auto", "some-key")
+    assert streamed.status_code == 200 and upstream.calls == 1
+    assert hashed == []
+    cached = make_proxy()  # the default memory cache files entries per caller
+    assert (await call_route(cached, "POST", "/v1/proxy/auto", "some-key")).status_code == 200
+    assert hashed == ["some-key"]
 
 
 # -- identity and the cache -----------------------------------------------------------

@@ -218,7 +218,7 @@ async def test_drain_cuts_a_request_through_a_cancel_scope_off_asyncio(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The path trio takes: no asyncio task to cancel, so an anyio cancel scope is used.
-    monkeypatch.setattr(lifecycle, "_current_asyncio_task", lambda: None)
+    monkeypatch.setattr(lifecycle, "current_asyncio_task", lambda: None)
     assert await _run_and_drain(InFlightRequests()) == (True, 1)
 
 
