@@ -84,7 +84,10 @@ class beside:  # lower case: used like a function, ``async with beside(helper):`
                 self._task.cancel()
             return None
         group.cancel_scope.cancel()
-        return await group.__aexit__(exc_type, exc, traceback)
+        # Closed as if the block had ended well, so that the block's own exception
+        # goes on bare instead of inside an ExceptionGroup.
+        await group.__aexit__(None, None, None)
+        return None
 
 
 class TaskCancelScope:

@@ -163,7 +163,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         decompressed here, and errors are raised as httpx's, like ``handle_async_request``.
         """
         session = self._live_session()
-        with _as_httpx_errors(None):
+        try:  # as _as_httpx_errors does; spelt out, as it runs on every proxied request
             response = await session.request(
                 "POST",
                 self._url(url),
@@ -173,6 +173,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 timeout=self._client_timeout(timeout.as_dict()),
                 auto_decompress=True,
             )
+        except aiohttp.ClientError as exc:
+            raise _httpx_error(exc, None) from exc
         headers_in = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers]
         return DirectResponse(response.status, headers_in, _ResponseStream(response, None))
 
@@ -203,12 +205,14 @@ class _ResponseStream(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         content = self._response.content
-        with _as_httpx_errors(self._request):
-            while True:
+        while True:
+            try:  # as _as_httpx_errors does; spelt out, as it runs on every chunk
                 chunk = await content.readany()
-                if not chunk:
-                    return
-                yield chunk
+            except aiohttp.ClientError as exc:
+                raise _httpx_error(exc, self._request) from exc
+            if not chunk:
+                return
+            yield chunk
 
     async def aclose(self) -> None:
         response = self._response

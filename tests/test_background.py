@@ -158,3 +158,18 @@ async def test_beside_off_asyncio_uses_a_task_group(monkeypatch: pytest.MonkeyPa
     async with beside(helper):
         await anyio.sleep(0.001)
     assert stopped.is_set()
+
+
+async def test_beside_off_asyncio_lets_the_blocks_exception_out_bare(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A task group would wrap it in an ExceptionGroup, which no caller's except expects.
+    monkeypatch.setattr(background, "on_asyncio", lambda: False)
+
+    async def helper() -> None:
+        await anyio.sleep(5)
+
+    with pytest.raises(LookupError, match="from the block"):
+        async with beside(helper):
+            await anyio.sleep(0)
+            raise LookupError("from the block")

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import pytest
 
-from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, idle
+from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, background, idle
 from tests.fault_upstream import FAULTS, STREAM_ONLY, FaultUpstream
 from tests.faults import (
     IDLE_TIMEOUT,
@@ -90,14 +90,14 @@ async def test_fault_gets_a_clear_answer_and_nothing_is_cached(
     await assert_serves_healthy(proxy)
 
 
-@pytest.fixture(params=["asyncio.timeout", "watchdog"])
+@pytest.fixture(params=["loop timer", "watchdog"])
 def idle_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways idle.py guards a stream: asyncio.timeout (3.11+ on asyncio) and the
-    watchdog task that Python 3.10 and other event loops get."""
+    """Both ways idle.py guards a stream: a loop timer on asyncio, and the watchdog task
+    under an anyio task group and cancel scope that other event loops (trio) get."""
     if request.param == "watchdog":
-        monkeypatch.setattr(idle, "_asyncio_timeout", None)
-    elif idle._asyncio_timeout is None:
-        pytest.skip("asyncio.timeout needs Python 3.11")
+        monkeypatch.setattr(idle, "on_asyncio", lambda: False)
+        monkeypatch.setattr(background, "on_asyncio", lambda: False)
+        monkeypatch.setattr(background, "current_asyncio_task", lambda: None)
     return str(request.param)
 
 
