@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,8 +98,11 @@ class UpstreamSlots:
         self.limit = limit
         self.in_use = 0
 
-    @contextmanager
-    def hold(self) -> Iterator[None]:
+    def hold(self) -> UpstreamSlots:
+        """``with slots.hold():`` takes a slot for the block, or raises the 503 at once.
+
+        A plain class, not a generator context manager: it runs on every upstream call.
+        """
         if self.limit is not None and self.in_use >= self.limit:
             raise ProxyError(
                 503,
@@ -110,16 +112,15 @@ class UpstreamSlots:
                 headers=[("retry-after", "1")],
             )
         self.in_use += 1
-        try:
-            yield
-        finally:
-            self.in_use -= 1
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.in_use -= 1
 
 
-# -- per-caller rate limit ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class RateLimit:
     """A token bucket per caller id: ``burst`` requests at once, refilled at
     ``requests_per_second``. At most ``max_callers`` buckets are kept; the least
