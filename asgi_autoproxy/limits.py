@@ -121,6 +121,10 @@ class UpstreamSlots:
         self.in_use -= 1
 
 
+# -- per-caller rate limit ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RateLimit:
     """A token bucket per caller id: ``burst`` requests at once, refilled at
     ``requests_per_second``. At most ``max_callers`` buckets are kept; the least

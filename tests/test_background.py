@@ -171,5 +171,5 @@ async def test_beside_off_asyncio_lets_the_blocks_exception_out_bare(
 
     with pytest.raises(LookupError, match="from the block"):
         async with beside(helper):
-            await anyio.sleep(0)
+            await anyio.sleep(0.001)
             raise LookupError("from the block")
