@@ -17,7 +17,9 @@ Rules, in short:
 - A whole (non-streaming) answer is read here, so a connection lost mid-body fails over
   too. A stream is returned after its first SSE data event: an upstream that answers
   200 and then at once an error event still fails over. Once the middleware starts
-  relaying, nothing fails over any more: the caller may have seen bytes.
+  relaying, nothing fails over any more: the caller may have seen bytes. With a sole
+  provider and no retries there is nothing to fail over to, so a stream is returned as
+  soon as its headers arrive: the caller gets them while the first event is read.
 - A provider that fails ``Cooldown.after_failures`` times in a row is tried last for
   ``Cooldown.seconds``, so requests stop paying its timeout while healthy ones exist.
 """
@@ -144,6 +146,8 @@ class Dispatcher:
                 )
         self.retry = retry or RetryPolicy()
         self.cooldown = cooldown
+        # Cool-down only ever reorders several providers; one alone has no one to yield to.
+        self._sole_provider = provider_names is not None and len(provider_names) == 1
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._turns: dict[tuple[str, ...], int] = {}
@@ -163,6 +167,7 @@ class Dispatcher:
         started = time.monotonic()
         last: _Failure | None = None
         tried: list[str] = []
+        peek = not (self._sole_provider and policy.max_retries == 0)
         for attempt_round in range(policy.max_retries + 1):
             if attempt_round:
                 delay = self._delay(attempt_round, last)
@@ -172,7 +177,7 @@ class Dispatcher:
             for provider in self._order(candidates):
                 if (attempt_round or tried) and time.monotonic() - started > policy.deadline:
                     break
-                outcome = await self._attempt(provider, request, client)
+                outcome = await self._attempt(provider, request, client, peek=peek)
                 if isinstance(outcome, UpstreamResponse):
                     self._succeeded(provider)
                     return provider, outcome
@@ -194,16 +199,22 @@ class Dispatcher:
     # -- one attempt --------------------------------------------------------------------
 
     async def _attempt(
-        self, provider: Provider, request: UpstreamRequest, client: httpx.AsyncClient
+        self,
+        provider: Provider,
+        request: UpstreamRequest,
+        client: httpx.AsyncClient,
+        *,
+        peek: bool,
     ) -> UpstreamResponse | _Failure:
-        """The provider's usable answer, or why it failed in a way worth failing over."""
+        """The provider's usable answer, or why it failed in a way worth failing over;
+        ``peek`` reads a stream up to its first data event, so that one can."""
         response: UpstreamResponse | None = None
         try:
             response = await provider.send(request, client)
             if _should_fail_over(response.status):
                 return await _failed_response(provider, response)
             if request.stream and response.status == 200 and response.is_event_stream:
-                return await _peeked(provider, response)
+                return await _peeked(provider, response) if peek else response
             body = await response.read()
             await response.aclose()
             return UpstreamResponse.from_bytes(response.status, body, response.headers)

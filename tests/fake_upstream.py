@@ -5,6 +5,7 @@ test steers it through a ``fake`` object in the JSON body, which the proxy forwa
 unchanged like any provider-specific field:
 
     {"fake": {"chunks": 5, "delay": 0.01, "status": 500, "gate": true, "no_done": true,
+              "gate_before_first": true,
               "error_event_after": 2, "body": "raw text", "headers": {"x": "y"},
               "sleep": 1.0, "echo_auth": true}}
 
@@ -62,6 +63,13 @@ class FakeUpstream:
             self.disconnects = 0
             self.completed_streams = 0
             self.chunks_sent = 0
+            self._gate = None
+
+    @property
+    def parked(self) -> bool:
+        """A gated stream is waiting for ``open_gate``."""
+        gate = self._gate
+        return gate is not None and not gate.is_set()
 
     def __repr__(self) -> str:
         # Short: Hypothesis prints fixtures, and the recorded requests grow large.
@@ -72,7 +80,7 @@ class FakeUpstream:
         return len(self.requests)
 
     def open_gate(self) -> None:
-        """Let a ``gate`` stream send the rest of its chunks."""
+        """Let a ``gate`` stream send the rest of its chunks (``gate_before_first``: all)."""
         loop, gate = self._loop, self._gate
         assert loop is not None and gate is not None, "no gated stream has started"
         loop.call_soon_threadsafe(gate.set)
@@ -162,7 +170,7 @@ class FakeUpstream:
 
         watcher = asyncio.ensure_future(watch())
         completed = False
-        if fake.get("gate"):
+        if fake.get("gate") or fake.get("gate_before_first"):
             self._loop = asyncio.get_running_loop()
             self._gate = asyncio.Event()
         await send(
@@ -173,6 +181,9 @@ class FakeUpstream:
             }
         )
         try:
+            if fake.get("gate_before_first"):  # headers out, then nothing until the gate opens
+                assert self._gate is not None
+                await asyncio.wait_for(self._gate.wait(), timeout=10)
             for index in range(chunks):
                 if index == fake.get("error_event_after"):
                     message = "overloaded mid-stream"

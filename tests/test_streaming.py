@@ -116,6 +116,63 @@ async def test_first_event_arrives_before_the_upstream_sends_the_second(
     assert upstream.chunks_sent == 3
 
 
+async def test_a_sole_provider_s_headers_reach_the_caller_before_its_first_event(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    # Nothing to fail over to, so nothing to wait for: the caller's SDK can get going.
+    body = chat_body(stream=True, fake={"chunks": 2, "gate_before_first": True})
+    try:
+        with anyio.fail_after(5):
+            async with http.stream("POST", "/v1/proxy/auto", json=body) as response:
+                assert response.status_code == 200
+                assert response.headers["x-bt-used-endpoint"] == "fake"
+                assert upstream.chunks_sent == 0  # the upstream is parked before its first
+                upstream.open_gate()
+                events = await all_events(response)
+    finally:
+        if upstream.chunks_sent == 0:
+            upstream.open_gate()
+    assert [e if e == "[DONE]" else e["object"] for e in events] == [
+        "chat.completion.chunk",
+        "chat.completion.chunk",
+        "[DONE]",
+    ]
+
+
+async def test_with_a_fallback_headers_wait_for_the_first_event(
+    _upstream_server: tuple[FakeUpstream, ServerThread], upstream: FakeUpstream
+) -> None:
+    # An error event in its place would still fail over, so the headers are held back.
+    url = _upstream_server[1].url + "/v1"
+    pair = [OpenAIProvider(base_url=url, name="first"), OpenAIProvider(base_url=url, name="next")]
+    body = chat_body(stream=True, fake={"chunks": 2, "gate_before_first": True})
+    with serve(AutoProxyMiddleware(inner_app(), providers=pair), lifespan="on") as server:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers={"authorization": f"Bearer {CALLER_KEY}"}, timeout=10
+        ) as client:
+            got_headers = anyio.Event()
+
+            async def request() -> list[dict[str, Any] | str]:
+                async with client.stream("POST", "/v1/proxy/auto", json=body) as response:
+                    got_headers.set()
+                    return await all_events(response)
+
+            async with anyio.create_task_group() as group:
+                results: list[list[dict[str, Any] | str]] = []
+
+                async def run() -> None:
+                    results.append(await request())
+
+                group.start_soon(run)
+                assert await wait_for(lambda: upstream.parked)
+                await anyio.sleep(0.2)
+                assert not got_headers.is_set()  # held while the first event is awaited
+                upstream.open_gate()
+                with anyio.fail_after(5):
+                    await got_headers.wait()
+    assert results[0][-1] == "[DONE]" and len(results[0]) == 3
+
+
 async def wait_for(condition: Any, within: float = 2.0) -> bool:
     """Poll ``condition`` until it holds or ``within`` seconds pass."""
     deadline = time.monotonic() + within
@@ -188,6 +245,21 @@ async def test_upstream_error_event_mid_stream_is_forwarded(
     ]
     # The upstream's own error, not one the proxy added after it.
     assert events[2] == {"error": {"message": "overloaded mid-stream", "type": "server_error"}}
+
+
+async def test_a_sole_provider_s_error_event_first_reaches_the_caller_uncached(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    # No failover to try: the error streams through as the upstream sent it, and a
+    # deterministic request asked again goes upstream again.
+    body = chat_body(stream=True, temperature=0, fake={"chunks": 3, "error_event_after": 0})
+    for _ in range(2):
+        async with http.stream("POST", "/v1/proxy/auto", json=body) as response:
+            assert response.status_code == 200
+            assert response.headers["x-bt-cached"] == "MISS"
+            events = await all_events(response)
+        assert events == [{"error": {"message": "overloaded mid-stream", "type": "server_error"}}]
+    assert len(upstream.requests) == 2
 
 
 async def test_completion_model_streams_from_completions(
