@@ -45,9 +45,10 @@ def _report(task: asyncio.Task[None]) -> None:
 class beside:  # lower case: used like a function, ``async with beside(helper):``
     """Run ``helper()`` beside the block; it is cancelled when the block ends.
 
-    The helper must not raise: it is a watcher, not work. On asyncio it starts on the
-    loop's next turn, that is once the block first waits (for a request, after the
-    upstream call has been sent), so starting it adds nothing before that call.
+    The helper must not raise: it is a watcher, not work. On asyncio it starts two
+    loop turns after the block first waits: by then a request's upstream call has gone
+    out (aiohttp writes the body in a task of its own on Python 3.11, one turn after
+    the request task waits), so starting the watcher adds nothing before that call.
     """
 
     __slots__ = ("_group", "_handle", "_helper", "_task")
@@ -58,13 +59,17 @@ class beside:  # lower case: used like a function, ``async with beside(helper):`
         self._task: asyncio.Task[None] | None = None
         self._group: TaskGroup | None = None
 
+    def _launch_next_turn(self) -> None:
+        self._handle = asyncio.get_running_loop().call_soon(self._launch)
+
     def _launch(self) -> None:
+        self._handle = None
         self._task = task = asyncio.ensure_future(self._helper())
         task.add_done_callback(_report)
 
     async def __aenter__(self) -> None:
         if on_asyncio():
-            self._handle = asyncio.get_running_loop().call_soon(self._launch)
+            self._handle = asyncio.get_running_loop().call_soon(self._launch_next_turn)
             return
         self._group = group = anyio.create_task_group()
         await group.__aenter__()
