@@ -22,6 +22,7 @@ from .errors import ProxyError
 from .heap import freeze_startup_heap
 from .middleware import AutoProxyMiddleware
 from .providers import OpenAIProvider
+from .providers.base import shown_url
 
 logger = logging.getLogger("asgi_autoproxy")
 
@@ -252,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_config=log_config(args.log_level),
     )  # configures logging, so the line below is printed like uvicorn's own
     keys = "callers' own keys" if _pass_through(args, os.environ) else "OPENAI_API_KEY"
-    logger.info("proxying POST %s to %s using %s", args.path, args.openai_base_url, keys)
+    shown = shown_url(args.openai_base_url)  # no user:pass@ nor query in the log
+    logger.info("proxying POST %s to %s using %s", args.path, shown, keys)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3  # 3: uvicorn's code for a failed start-up

@@ -217,7 +217,9 @@ class Dispatcher:
                 return await _peeked(provider, response) if peek else response
             body = await response.read()
             await response.aclose()
-            return UpstreamResponse.from_bytes(response.status, body, response.headers)
+            return UpstreamResponse.from_bytes(
+                response.status, body, response.headers, called=response.called
+            )
         except httpx.TimeoutException:
             await _close_quietly(response)
             return _Failure(provider, "timed out", timed_out=True)
@@ -328,7 +330,9 @@ async def _failed_response(provider: Provider, response: UpstreamResponse) -> _F
     finally:
         await response.aclose()
     body = b"".join(parts)[:_MAX_FAILED_BODY]
-    kept = UpstreamResponse.from_bytes(response.status, body, response.headers)
+    kept = UpstreamResponse.from_bytes(
+        response.status, body, response.headers, called=response.called
+    )
     return _Failure(
         provider,
         f"HTTP {response.status}",
@@ -350,7 +354,9 @@ async def _peeked(provider: Provider, response: UpstreamResponse) -> UpstreamRes
         if first is not None:
             if is_error(first):
                 await response.aclose()
-                failure = UpstreamResponse.from_bytes(200, b"".join(buffered), response.headers)
+                failure = UpstreamResponse.from_bytes(
+                    200, b"".join(buffered), response.headers, called=response.called
+                )
                 return _Failure(provider, "error event before any data", response=failure)
             break
         if size > _MAX_PEEK:
@@ -360,6 +366,7 @@ async def _peeked(provider: Provider, response: UpstreamResponse) -> UpstreamRes
         headers=response.headers,
         chunks=_replay(buffered, chunks),
         aclose=response.aclose,
+        called=response.called,
     )
 
 

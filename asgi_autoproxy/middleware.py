@@ -71,7 +71,7 @@ from .limits import (
 )
 from .observability import RequestHook, RequestReporter, RequestTrace
 from .providers.base import Endpoint, Provider, UpstreamRequest, UpstreamResponse
-from .redact import provider_secrets, scrub
+from .redact import provider_secrets, scrub, scrub_headers
 from .routing import ModelRouter
 from .sse import EventSplitter, error_event
 
@@ -629,16 +629,10 @@ class AutoProxyMiddleware:
         if 200 <= status < 300:
             call.trace.usage = json_answer_usage(provider.name, body)
         if status >= 400 and not _is_openai_error(body):
-            body = ProxyError(
-                status,
-                f"Provider {provider.name!r} answered HTTP {status} without an OpenAI-style "
-                "error body.",
-                type="upstream_error",
-                code=f"upstream_{status}",
-            ).to_body()
+            body = self._unshaped_error(provider, response, call.request_id)
             headers = [(k, v) for k, v in headers if k != "content-type"]
             headers.append(("content-type", "application/json"))
-        encoded = encode_headers(headers)
+        encoded = self._answer_headers(headers)
         cache_headers: list[tuple[bytes, bytes]] = []
         if plan is not None and plan.decision.write and 200 <= status < 300:
             assert self._cache is not None
@@ -653,6 +647,34 @@ class AutoProxyMiddleware:
             flight.complete()
         await call.respond(status, body, [*encoded, *cache_headers, _MISS])
 
+    def _unshaped_error(
+        self, provider: Provider, response: UpstreamResponse, request_id: str
+    ) -> bytes:
+        """An OpenAI-shaped body for an error answer without one (a wrong base URL's 404
+        page, a gateway's 502), naming what was called: the status alone does not say
+        that the URL is wrong. Logged too, as the request log line only has the status."""
+        status = response.status
+        # ``called`` has no userinfo or query; scrubbed too, for a key in the path.
+        called = scrub(response.called.encode(), self._secrets).decode()
+        where = f" for {called}" if called else ""
+        hint = ""
+        if status == 404 and called:
+            hint = " Check the provider's base URL (does it need /v1?)."
+        logger.warning(
+            "provider %r answered HTTP %s%s without an OpenAI-style error body (request %s)",
+            provider.name,
+            status,
+            where,
+            request_id,
+        )
+        return ProxyError(
+            status,
+            f"Provider {provider.name!r} answered HTTP {status}{where} without an "
+            f"OpenAI-style error body.{hint}",
+            type="upstream_error",
+            code=f"upstream_{status}",
+        ).to_body()
+
     async def _relay_stream(
         self,
         call: _Call,
@@ -661,7 +683,7 @@ class AutoProxyMiddleware:
         plan: _CachePlan | None,
         flight: Flight | None,
     ) -> None:
-        headers = encode_headers((k, v) for k, v in response.headers if k != "content-type")
+        headers = self._answer_headers((k, v) for k, v in response.headers if k != "content-type")
         if flight is not None:
             flight.start(200, headers, stream=True)
         await call.start_stream([*headers, _MISS])
@@ -769,7 +791,12 @@ class AutoProxyMiddleware:
 
     async def _send_hit(self, call: _Call, entry: CachedResponse) -> None:
         assert self._cache is not None
-        headers = [*entry.headers, _HIT, (b"age", str(int(self._cache.age(entry))).encode())]
+        stored: Sequence[tuple[bytes, bytes]] = entry.headers
+        if not entry.scrubbed and self._secrets:
+            # Written by a version that did not scrub headers; entries written since were
+            # scrubbed on the live path, so a hit on them costs nothing here.
+            stored = scrub_headers(list(stored), self._secrets)
+        headers = [*stored, _HIT, (b"age", str(int(self._cache.age(entry))).encode())]
         call.trace.cache = "HIT"
         if not entry.stream:
             await call.respond(entry.status, entry.body, headers)
@@ -780,6 +807,15 @@ class AutoProxyMiddleware:
         await call.end_stream(b"")
 
     # -- responses ----------------------------------------------------------------------
+
+    def _answer_headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+        """An upstream answer's headers, encoded, as the caller, followers and the cache
+        get them: this is where every provider's answer leaves the proxy (custom ones'
+        too), so a key echoed in a passed header (``x-request-id``...) is scrubbed here."""
+        encoded = encode_headers(headers)
+        if self._secrets:  # none in pass-through mode: nothing to search for
+            encoded = scrub_headers(encoded, self._secrets)
+        return encoded
 
     async def _send_json(self, call: _Call, status: int, body: bytes) -> None:
         await call.respond(status, body, [JSON_CONTENT_TYPE])

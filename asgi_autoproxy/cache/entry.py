@@ -7,7 +7,7 @@ so a hit does not encode them again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import _json
 
@@ -23,6 +23,9 @@ class CachedResponse:
     """The whole body as one part, or a stream's SSE events."""
     stream: bool
     stored_at: float
+    scrubbed: bool = field(default=True, compare=False)
+    """Header values were scrubbed of provider keys before the entry was stored. False
+    only for entries decoded from bytes that an older version wrote without scrubbing."""
 
     @property
     def body(self) -> bytes:
@@ -41,6 +44,7 @@ class CachedResponse:
                 "st": self.stream,
                 "t": self.stored_at,
                 "l": [len(p) for p in self.parts],
+                "r": self.scrubbed,  # an addition: older versions ignore it
             }
         )
         return len(header).to_bytes(4, "big") + header + b"".join(self.parts)
@@ -66,6 +70,7 @@ class CachedResponse:
                 parts=tuple(parts),
                 stream=bool(header["st"]),
                 stored_at=float(header["t"]),
+                scrubbed=header.get("r") is True,
             )
         except (
             KeyError,

@@ -10,7 +10,12 @@ import httpx
 from .. import _json
 from ..sse import EventSplitter, event_data, event_name
 from .anthropic_request import DEFAULT_MAX_TOKENS, to_messages_request
-from .anthropic_response import StreamTranslator, chat_completion, openai_error
+from .anthropic_response import (
+    StreamTranslator,
+    chat_completion,
+    openai_error,
+    translated_error,
+)
 from .base import HTTPProvider, UpstreamRequest, UpstreamResponse
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -74,14 +79,23 @@ class AnthropicProvider(HTTPProvider):
                 headers=[*passed, _EVENT_STREAM],
                 chunks=_translated_events(answer.chunks, translator),
                 aclose=answer.aclose,
+                called=answer.called,
             )
         try:
             raw = await answer.read()
         finally:
             await answer.aclose()
+        called = answer.called
         if answer.status != 200:
-            error = openai_error(answer.status, raw)
-            return UpstreamResponse.from_bytes(answer.status, _json.dumps(error), [*passed, _JSON])
+            error = translated_error(raw)
+            if error is None and answer.status >= 400:
+                # Not Anthropic's error (a wrong path's 404 page, a gateway's): passed on
+                # as it came, for the middleware to word, naming what was called.
+                return UpstreamResponse.from_bytes(answer.status, raw, passed, called=called)
+            error = error or openai_error(answer.status, raw)
+            return UpstreamResponse.from_bytes(
+                answer.status, _json.dumps(error), [*passed, _JSON], called=called
+            )
         try:
             message = _json.loads(raw)
             if not isinstance(message, dict):
@@ -90,11 +104,13 @@ class AnthropicProvider(HTTPProvider):
         except (*_json.JSONDecodeError, AttributeError, TypeError):
             error = openai_error(502, b"")
             error["error"]["message"] = "Anthropic answered with a body that is not a message."
-            return UpstreamResponse.from_bytes(502, _json.dumps(error), [*passed, _JSON])
+            return UpstreamResponse.from_bytes(
+                502, _json.dumps(error), [*passed, _JSON], called=called
+            )
         if request.stream:
             # Asked for a stream, got a whole message: answer as a one-chunk stream.
             return _as_stream(body, passed)
-        return UpstreamResponse.from_bytes(200, body, [*passed, _JSON])
+        return UpstreamResponse.from_bytes(200, body, [*passed, _JSON], called=called)
 
 
 async def _translated_events(

@@ -93,16 +93,25 @@ def chat_completion(message: dict[str, Any], *, json_tool: str | None, created: 
     )
 
 
-def openai_error(status: int, body: bytes) -> dict[str, Any]:
-    """An OpenAI-shaped error for Anthropic's ``{"type": "error", "error": {...}}``."""
+def translated_error(body: bytes) -> dict[str, Any] | None:
+    """An OpenAI-shaped error for Anthropic's ``{"type": "error", "error": {...}}``; None
+    when ``body`` is not one."""
     try:
         parsed = _json.loads(body)
     except _json.JSONDecodeError:
-        parsed = None
+        return None
     error = parsed.get("error") if isinstance(parsed, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         kind = str(error.get("type") or "api_error")
         return error_dict(error["message"], type=_ERROR_TYPES.get(kind, kind), code=kind)
+    return None
+
+
+def openai_error(status: int, body: bytes) -> dict[str, Any]:
+    """``translated_error``, or a generic one when ``body`` is not Anthropic's error."""
+    error = translated_error(body)
+    if error is not None:
+        return error
     return error_dict(
         f"Anthropic answered HTTP {status} without an error body.",
         type="upstream_error",

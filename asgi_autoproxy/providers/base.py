@@ -6,7 +6,7 @@ import fnmatch
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -39,6 +39,13 @@ class UpstreamRequest:
     """The provider the caller asked for by name (``x-bt-endpoint-name``), if any."""
 
 
+def shown_url(url: str | httpx.URL) -> str:
+    """``url`` as messages and logs may show it: scheme, host, port and path. Never the
+    userinfo (``user:pass@``) nor the query or fragment, where Azure and Gemini carry keys."""
+    parts = urlsplit(str(url))
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
 @dataclass(slots=True)
 class UpstreamResponse:
     """An upstream answer whose body has not been read yet.
@@ -52,6 +59,9 @@ class UpstreamResponse:
     headers: list[tuple[str, str]]
     chunks: AsyncIterator[bytes]
     aclose: Callable[[], Awaitable[None]]
+    called: str = ""
+    """What was called, safe to show (``"POST http://host:port/v1/chat/completions"``, as
+    ``shown_url`` writes it); named in errors about the answer. Empty when unknown."""
 
     @property
     def is_event_stream(self) -> bool:
@@ -65,17 +75,31 @@ class UpstreamResponse:
         return b"".join(parts)
 
     @classmethod
-    def from_httpx(cls, response: httpx.Response) -> UpstreamResponse:
+    def from_httpx(cls, response: httpx.Response, called: str | None = None) -> UpstreamResponse:
+        """``called`` defaults to the method and shown URL of ``response.request``."""
+        if called is None:
+            try:
+                request = response.request
+            except RuntimeError:  # a response made by hand, without a request
+                called = ""
+            else:
+                called = f"{request.method} {shown_url(request.url)}"
         return cls(
             status=response.status_code,
             headers=filter_upstream_headers(response.headers.multi_items()),
             chunks=response.aiter_bytes(),
             aclose=response.aclose,
+            called=called,
         )
 
     @classmethod
     def from_bytes(
-        cls, status: int, body: bytes, headers: Sequence[tuple[str, str]] = ()
+        cls,
+        status: int,
+        body: bytes,
+        headers: Sequence[tuple[str, str]] = (),
+        *,
+        called: str = "",
     ) -> UpstreamResponse:
         async def one_chunk() -> AsyncIterator[bytes]:
             yield body
@@ -83,7 +107,7 @@ class UpstreamResponse:
         async def nothing_to_close() -> None:
             return None
 
-        return cls(status, list(headers), one_chunk(), nothing_to_close)
+        return cls(status, list(headers), one_chunk(), nothing_to_close, called)
 
 
 @runtime_checkable
@@ -164,8 +188,9 @@ class HTTPProvider:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"{self._url_keyword} must be {url_hint}, got {url!r}")
         # Host and port only: credentials in the URL must never become a visible name.
-        userinfo, at, host = parts.netloc.rpartition("@")
-        self._shown_url = url.rstrip("/").replace(userinfo + at, "", 1)
+        host = parts.netloc.rpartition("@")[2]
+        self._shown_url = shown_url(url).rstrip("/")
+        self._called: dict[str, str] = {}  # URL -> "POST <shown URL>", see ``post``
         self._api_key = api_key or None
         self._patterns = ModelPatterns(models)
         self._name = name or host
@@ -218,17 +243,24 @@ class HTTPProvider:
         Through the client's direct lane where it has one (see ``clients.DirectLane``),
         else through httpx as any provider would.
         """
+        url = str(url)
+        called = self._called.get(url)
+        if called is None:  # worked out once per URL: a provider calls the same few
+            called = f"POST {shown_url(url)}"
+            if len(self._called) < 64:
+                self._called[url] = called
         lane = direct_lane(client)
         if lane is not None:
-            answer = await lane.post(str(url), headers, body)
+            answer = await lane.post(url, headers, body)
             return UpstreamResponse(
                 status=answer.status,
                 headers=filter_upstream_headers(answer.headers),
                 chunks=aiter(answer.body),
                 aclose=answer.body.aclose,
+                called=called,
             )
         upstream = client.build_request("POST", url, content=body, headers=headers)
-        return UpstreamResponse.from_httpx(await client.send(upstream, stream=True))
+        return UpstreamResponse.from_httpx(await client.send(upstream, stream=True), called)
 
     def base_headers(self, request: UpstreamRequest) -> dict[str, str]:
         return {
