@@ -72,6 +72,13 @@ def _missing() -> ProxyError:
     )
 
 
+def _unusable() -> ProxyError:
+    return unauthorized(
+        "The API key has characters no API key has (keys are printable ASCII); "
+        "check that it was copied whole and unchanged."
+    )
+
+
 def _invalid() -> ProxyError:
     return unauthorized("Invalid API key. Check the key you were given for this proxy.")
 
@@ -111,6 +118,10 @@ class CallerAuth:
     async def identify(self, credential: str | None, scope: Scope) -> Caller:
         """The caller presenting ``credential`` (``RequestHeaders.credential``); raises a
         401 ``ProxyError`` when checking fails."""
+        if credential is not None and not (credential.isascii() and credential.isprintable()):
+            # It could never be sent upstream (HTTP header values are ASCII): refused here
+            # on every route, in every mode, rather than failing later as a 500.
+            raise _unusable()
         if self.mode != "checked":
             return Caller(credential)
         if credential is None:

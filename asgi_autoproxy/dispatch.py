@@ -307,9 +307,10 @@ def _pinned(candidates: Sequence[Provider], request: UpstreamRequest) -> Provide
         if provider.name == request.endpoint_name:
             return provider
     names = ", ".join(repr(p.name) for p in candidates)
+    # The header's value is not echoed: callers do paste keys into the wrong header.
     raise bad_request(
-        f"No provider named {request.endpoint_name!r} serves model {request.model!r} on the "
-        f"{request.endpoint} endpoint; x-bt-endpoint-name must be one of: {names}.",
+        f"x-bt-endpoint-name names no provider that serves model {request.model!r} on the "
+        f"{request.endpoint} endpoint; it must be one of: {names}.",
         code="unknown_endpoint_name",
     )
 

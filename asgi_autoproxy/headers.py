@@ -52,6 +52,17 @@ def replayed_on_hits(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[byte
     )
 
 
+# How common provider keys start (OpenAI's and Anthropic's sk-, Google's AIza, Groq's
+# gsk_, xAI's xai-, Hugging Face's hf_, AWS's AKIA...). Compared in lower case.
+_KEY_PREFIXES = ("sk-", "sk_", "rk_", "aiza", "akia", "gsk_", "xai-", "hf_", "pplx-", "r8_")
+
+
+def looks_like_key(value: str, credential: str | None) -> bool:
+    """Whether a header value the proxy would echo is most likely a pasted key: the
+    caller's own credential, or something shaped like a provider's key."""
+    return value == credential or value.lower().startswith(_KEY_PREFIXES)
+
+
 class RequestHeaders:
     """The request headers the proxy reads, gathered in one pass: a cache hit is cheap
     enough that scanning the headers once per question showed up in profiles.

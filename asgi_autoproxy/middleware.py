@@ -55,7 +55,7 @@ from .errors import (
     upstream_timeout,
     upstream_unreachable,
 )
-from .headers import RequestHeaders, replayed_on_hits
+from .headers import RequestHeaders, looks_like_key, replayed_on_hits
 from .idle import idle_limit
 from .lifecycle import InFlightRequests, close_backend
 from .limits import (
@@ -252,6 +252,11 @@ class AutoProxyMiddleware:
             max_concurrent_upstream=max_concurrent_upstream,
             rate_limit=rate_limit,
         )
+        # The models list asks for a key as the other routes do where some provider
+        # needs the caller's own: it lists what this proxy is configured to reach.
+        self._forwards_key = next(
+            (p for p in self.router.providers if p.needs_caller_credential), None
+        )
         # Longest first, so a key that contains another is replaced whole.
         found = {s for p in self.router.providers for s in provider_secrets(p)}
         self._secrets = tuple(sorted(found, key=len, reverse=True))
@@ -352,7 +357,7 @@ class AutoProxyMiddleware:
     async def _handle(self, route: RouteKind, scope: Scope, receive: Receive, send: Send) -> None:
         """One request, tracked for graceful shutdown and reported once it ends."""
         headers = RequestHeaders(scope["headers"])
-        call = _Call(request_id=_request_id(headers.request_id), send=send)
+        call = _Call(request_id=_request_id(headers.request_id, headers.credential), send=send)
         if await self._in_flight.run(self._serve(route, call, scope, headers, receive)):
             await self._cut_short(call)
         if self._reporter.enabled:
@@ -394,6 +399,8 @@ class AutoProxyMiddleware:
             if self._limits.buckets is not None:
                 self._limits.check_rate(caller.id)
             if route == "models":
+                if caller.credential is None and self._forwards_key is not None:
+                    raise _missing_key(self._forwards_key)
                 await self._send_json(call, 200, _json.dumps(self._models_body()))
                 return
             body = await read_body(receive, self.max_body_size, headers.content_length)
@@ -412,11 +419,10 @@ class AutoProxyMiddleware:
             )
             candidates = self.router.candidates(model, endpoint)
             credential = caller.credential
-            if credential is None and any(p.needs_caller_credential for p in candidates):
-                raise unauthorized(
-                    "Missing API key: send 'Authorization: Bearer <key>'; "
-                    f"provider {candidates[0].name!r} forwards the caller's key."
-                )
+            if credential is None:
+                forwards = next((p for p in candidates if p.needs_caller_credential), None)
+                if forwards is not None:
+                    raise _missing_key(forwards)
             request = UpstreamRequest(
                 endpoint=endpoint,
                 model=model,
@@ -839,10 +845,19 @@ class AutoProxyMiddleware:
         }
 
 
-def _request_id(given: str | None) -> str:
-    if given is not None and _REQUEST_ID.fullmatch(given):
+def _request_id(given: str | None, credential: str | None) -> str:
+    """The caller's id when usable, else a new one. The id is echoed, logged and sent
+    upstream, so one that looks like a key (pasted into the wrong header) is replaced."""
+    if given is not None and _REQUEST_ID.fullmatch(given) and not looks_like_key(given, credential):
         return given
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
+def _missing_key(provider: Provider) -> ProxyError:
+    return unauthorized(
+        "Missing API key: send 'Authorization: Bearer <key>'; "
+        f"provider {provider.name!r} forwards the caller's key."
+    )
 
 
 def _parse_payload(body: bytes, max_depth: int) -> dict[str, Any]:
