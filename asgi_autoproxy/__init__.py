@@ -1,6 +1,6 @@
 """asgi_autoproxy: an OpenAI-compatible LLM proxy endpoint inside any ASGI app."""
 
-from .auth import Authenticate
+from .auth import Authenticate, client_keys_from_env
 from .cache.base import CacheBackend, SharedLockBackend
 from .cache.memory import MemoryCache, MemoryCacheStats
 from .cache.policy import CacheDecision
@@ -58,6 +58,7 @@ __all__ = [
     "UpstreamRequest",
     "UpstreamResponse",
     "__version__",
+    "client_keys_from_env",
     "freeze_startup_heap",
     "openapi_document",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal
 
@@ -30,6 +31,25 @@ Authenticate = Callable[[str, Scope], str | Awaitable[str | None] | None]
 """``authenticate(token, scope)``, sync or async: a caller id, or None to refuse."""
 
 AuthMode = Literal["checked", "pass-through", "anonymous"]
+
+CLIENT_KEYS_VARIABLE = "AUTOPROXY_CLIENT_KEYS"
+
+
+def client_keys_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """``api_keys=`` from ``AUTOPROXY_CLIENT_KEYS`` (``os.environ`` unless ``environ`` is
+    given), as the ``asgi-autoproxy`` command reads it: comma-separated keys callers may
+    use, blanks around each ignored. None when it names no key."""
+    env = os.environ if environ is None else environ
+    return parse_client_keys(env.get(CLIENT_KEYS_VARIABLE))
+
+
+def parse_client_keys(raw: str | None) -> dict[str, str] | None:
+    """Comma-separated keys -> ``{key: caller id}``. Each caller id is ``client-`` and a
+    short hash of its key, so ids stay stable when the list is reordered."""
+    keys = [key.strip() for key in (raw or "").split(",") if key.strip()]
+    if not keys:
+        return None
+    return {key: "client-" + hashlib.sha256(key.encode()).hexdigest()[:12] for key in keys}
 
 
 class Caller:

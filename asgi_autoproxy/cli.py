@@ -9,20 +9,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import hashlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .asgi import JSON_CONTENT_TYPE, ASGIApp, Receive, Scope, Send, send_response, serve_lifespan
+from .auth import parse_client_keys as client_keys
 from .errors import ProxyError
 from .heap import freeze_startup_heap
-from .middleware import AutoProxyMiddleware
+from .middleware import DEFAULT_SHUTDOWN_GRACE, AutoProxyMiddleware
 from .providers import OpenAIProvider
 from .providers.base import shown_url
+
+if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
 
 logger = logging.getLogger("asgi_autoproxy")
 
@@ -79,6 +85,16 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
     return port
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0 <= seconds < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be zero or more seconds, got {value!r}")
+    return seconds
 
 
 def _choice(choices: Sequence[str]) -> dict[str, Any]:
@@ -157,6 +173,15 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "(env AUTOPROXY_PATH; default %(default)s)",
     )
     parser.add_argument(
+        "--shutdown-grace",
+        type=_seconds,
+        default=env.get("AUTOPROXY_SHUTDOWN_GRACE", f"{DEFAULT_SHUTDOWN_GRACE:g}"),
+        metavar="SECONDS",
+        help="on SIGTERM or Ctrl+C, requests in flight get this long to finish; the rest "
+        "then get a 503 or a final SSE error event, and the process exits "
+        "(env AUTOPROXY_SHUTDOWN_GRACE; default %(default)s)",
+    )
+    parser.add_argument(
         "--gc-freeze",
         action=argparse.BooleanOptionalAction,
         default=not _env_flag(env, "AUTOPROXY_NO_GC_FREEZE"),
@@ -196,16 +221,35 @@ def build_app(
         path=args.path,
         api_keys=client_keys(env.get("AUTOPROXY_CLIENT_KEYS")),
         allow_anonymous=bool(args.allow_anonymous),
+        shutdown_grace=float(args.shutdown_grace),
     )
 
 
-def client_keys(raw: str | None) -> dict[str, str] | None:
-    """``AUTOPROXY_CLIENT_KEYS``: comma-separated keys callers may use. Each caller id is
-    a short hash of its key, so ids stay stable when the list is reordered."""
-    keys = [key.strip() for key in (raw or "").split(",") if key.strip()]
-    if not keys:
-        return None
-    return {key: "client-" + hashlib.sha256(key.encode()).hexdigest()[:12] for key in keys}
+# uvicorn's own --timeout-graceful-shutdown is the grace plus this: a backstop that
+# cancels what is left only after the middleware's cut has had time to answer.
+SHUTDOWN_MARGIN = 2.0
+
+
+def make_server(config: uvicorn.Config, proxy: AutoProxyMiddleware) -> uvicorn.Server:
+    """A uvicorn server that starts the proxy's ``drain()`` as soon as shutdown begins.
+
+    uvicorn waits for open connections before it sends the lifespan shutdown, so a
+    stream that never ends (keep-alive comments), or a body that trickles in, would hold
+    it until its own timeout cancels the request with a bare 500. Draining beside that
+    wait cuts such requests after ``shutdown_grace`` with the proxy's own answer; their
+    connections then close and uvicorn carries on."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            drain = asyncio.ensure_future(proxy.drain())
+            await super().shutdown(sockets)
+            # Done by now, unless a forced exit (a second Ctrl+C) skipped the lifespan
+            # shutdown, whose aclose() waits for it.
+            drain.cancel()
+            await asyncio.wait([drain])
+
+    return Server(config)
 
 
 def _pass_through(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
@@ -251,10 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop=args.loop,
         log_level=args.log_level,
         log_config=log_config(args.log_level),
+        timeout_graceful_shutdown=math.ceil(args.shutdown_grace + SHUTDOWN_MARGIN),
     )  # configures logging, so the line below is printed like uvicorn's own
     keys = "callers' own keys" if _pass_through(args, os.environ) else "OPENAI_API_KEY"
     shown = shown_url(args.openai_base_url)  # no user:pass@ nor query in the log
     logger.info("proxying POST %s to %s using %s", args.path, shown, keys)
-    server = uvicorn.Server(config)
+    server = make_server(config, app)
     server.run()
     return 0 if server.started else 3  # 3: uvicorn's code for a failed start-up

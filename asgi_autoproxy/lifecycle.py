@@ -3,6 +3,8 @@
 The middleware runs each request through ``InFlightRequests.run``. On shutdown it
 waits for them up to ``shutdown_grace`` seconds, cancels the rest (they end with a
 503 or a final SSE error event), then closes its HTTP client and the cache backend.
+The drain starts when the server begins to shut down, where the server says so (the
+``asgi-autoproxy`` command does), else at lifespan shutdown or ``aclose()``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class InFlightRequests:
         """Tasks drain cancelled, so their CancelledError is told from anyone else's."""
         self._scopes: set[anyio.CancelScope] = set()
         self._emptied: anyio.Event | None = None
+        self._draining: anyio.Event | None = None
+        """Set when the drain under way ends: a second drain waits for the first."""
 
     def __len__(self) -> int:
         return len(self._tasks) + len(self._scopes)
@@ -72,10 +76,15 @@ class InFlightRequests:
     async def drain(self, grace: float) -> int:
         """Wait up to ``grace`` seconds for requests in flight, then cut the rest.
 
-        Returns how many were cut.
+        Returns how many were cut. A drain called while another runs (a server's at the
+        start of shutdown, then lifespan shutdown's) waits for that one and returns 0.
         """
+        if self._draining is not None:
+            await self._draining.wait()
+            return 0
         if not len(self):
             return 0
+        self._draining = draining = anyio.Event()
         self._emptied = anyio.Event()
         try:
             with anyio.move_on_after(grace):
@@ -94,7 +103,8 @@ class InFlightRequests:
                     await self._emptied.wait()
             return cut
         finally:
-            self._emptied = None
+            draining.set()
+            self._emptied = self._draining = None
 
 
 def _uncancel(task: asyncio.Task[Any]) -> int:

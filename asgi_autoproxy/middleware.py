@@ -7,6 +7,7 @@ the middleware does not serve goes to the wrapped app untouched.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -96,6 +97,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 DEFAULT_STREAM_IDLE_TIMEOUT = 120.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
+_LAST_WORDS_WAIT = 1.0
+"""How long a request cancelled from outside may take to send its 503 or error event."""
 
 
 _HIT = (b"x-bt-cached", b"HIT")
@@ -339,11 +342,21 @@ class AutoProxyMiddleware:
     def cache(self) -> CacheBackend | None:
         return None if self._cache is None else self._cache.backend
 
+    async def drain(self) -> int:
+        """Give requests in flight ``shutdown_grace`` seconds, then cut the rest: a 503
+        ``server_shutting_down``, or a final SSE error event for a stream. Returns how
+        many were cut.
+
+        Call it as soon as your server begins to shut down: uvicorn, for one, sends the
+        lifespan shutdown (which calls it through ``aclose``) only once every connection
+        has closed, which a never-ending stream never does. The ``asgi-autoproxy``
+        command calls it then. A second call while one runs waits for that one."""
+        return await self._in_flight.drain(self._shutdown_grace)
+
     async def aclose(self) -> None:
-        """Shut down: give requests in flight ``shutdown_grace`` seconds and cut the rest,
-        then close the HTTP client the middleware made (an injected one is left open)
-        and the cache backend, when it has ``aclose()``."""
-        await self._in_flight.drain(self._shutdown_grace)
+        """Shut down: ``drain()``, then close the HTTP client the middleware made (an
+        injected one is left open) and the cache backend, when it has ``aclose()``."""
+        await self.drain()
         await self._clients.aclose()
         if self._cache is not None:
             await close_backend(self._cache.backend)
@@ -358,7 +371,18 @@ class AutoProxyMiddleware:
         """One request, tracked for graceful shutdown and reported once it ends."""
         headers = RequestHeaders(scope["headers"])
         call = _Call(request_id=_request_id(headers.request_id, headers.credential), send=send)
-        if await self._in_flight.run(self._serve(route, call, scope, headers, receive)):
+        try:
+            cut = await self._in_flight.run(self._serve(route, call, scope, headers, receive))
+        except anyio.get_cancelled_exc_class():
+            # Cancelled by someone else: most often the server giving up at shutdown
+            # (uvicorn past --timeout-graceful-shutdown), which would answer a bare
+            # text/plain 500 or end a stream without a word. Say so first (best effort,
+            # briefly: a caller that has gone gets nothing), then let the cancel go on.
+            with anyio.move_on_after(_LAST_WORDS_WAIT, shield=True):
+                with contextlib.suppress(Exception):
+                    await self._cut_short(call)
+            raise
+        if cut:
             await self._cut_short(call)
         if self._reporter.enabled:
             record = call.trace.record(
@@ -370,6 +394,8 @@ class AutoProxyMiddleware:
             await self._reporter.report(record)
 
     async def _cut_short(self, call: _Call) -> None:
+        if call.trace.completed:
+            return  # the answer went out whole before the cut
         error = server_shutting_down()
         call.trace.error = error.code
         if call.trace.streaming:

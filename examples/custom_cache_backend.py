@@ -1,6 +1,6 @@
 """A custom cache backend: entries in a SQLite file, so they survive restarts.
 
-Run: OPENAI_API_KEY=sk-... uvicorn examples.custom_cache_backend:app
+Run: OPENAI_API_KEY=sk-... AUTOPROXY_CLIENT_KEYS=k1 uvicorn examples.custom_cache_backend:app
 Any class with async ``get``/``set``/``delete`` is a ``CacheBackend``.
 """
 
@@ -14,7 +14,7 @@ import time
 import anyio.to_thread
 from starlette.applications import Starlette
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, client_keys_from_env
 
 
 class SQLiteCache:
@@ -56,16 +56,10 @@ class SQLiteCache:
         await anyio.to_thread.run_sync(self._delete, key)
 
 
-# With a server-side key, only these callers may spend it: AUTOPROXY_CLIENT_KEYS="k1,k2".
-client_keys = {
-    key: f"client-{number}"
-    for number, key in enumerate(os.environ.get("AUTOPROXY_CLIENT_KEYS", "").split(","))
-    if key
-}
-
 app = AutoProxyMiddleware(
     Starlette(),
-    api_keys=client_keys or None,
+    # With a server-side key, only these callers may spend it: AUTOPROXY_CLIENT_KEYS.
+    api_keys=client_keys_from_env(),
     providers=[
         OpenAIProvider(
             base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),

@@ -1,9 +1,15 @@
-"""Run: uvicorn examples.starlette_app:app --port 8000
+"""Run: uvicorn examples.starlette_app:app --lifespan on --port 8000
 
 A Starlette app with its own routes, plus the proxy at ``POST /v1/proxy/auto``.
 The upstream is ``OPENAI_BASE_URL`` (default https://api.openai.com/v1).
-With ``OPENAI_API_KEY`` set the proxy sends that key upstream; without it, each
+With ``OPENAI_API_KEY`` set the proxy sends that key upstream, and callers must present
+one of the keys in ``AUTOPROXY_CLIENT_KEYS`` (comma-separated); without it, each
 caller's own ``Authorization: Bearer`` key is passed through.
+
+``--lifespan on``: Starlette builds its middleware on its first ASGI call, the lifespan
+start-up, so a bad setting (say ``OPENAI_API_KEY`` without ``AUTOPROXY_CLIENT_KEYS``)
+stops the server with its message. uvicorn's default, ``auto``, takes that error for an
+app without lifespan support, starts anyway and answers every request with a 500.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, client_keys_from_env
 
 
 async def home(request: Request) -> PlainTextResponse:
@@ -28,14 +34,10 @@ openai = OpenAIProvider(
     api_key=os.environ.get("OPENAI_API_KEY"),  # None: pass the caller's key through
 )
 
-# With a server-side key, only these callers may spend it: AUTOPROXY_CLIENT_KEYS="k1,k2".
-client_keys = {
-    key: f"client-{number}"
-    for number, key in enumerate(os.environ.get("AUTOPROXY_CLIENT_KEYS", "").split(","))
-    if key
-}
-
 app = Starlette(
     routes=[Route("/", home)],
-    middleware=[Middleware(AutoProxyMiddleware, providers=[openai], api_keys=client_keys or None)],
+    middleware=[
+        # With a server-side key, only these callers may spend it: AUTOPROXY_CLIENT_KEYS.
+        Middleware(AutoProxyMiddleware, providers=[openai], api_keys=client_keys_from_env())
+    ],
 )

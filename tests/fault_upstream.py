@@ -7,6 +7,7 @@ picked by a ``fault`` field in the JSON body, which the proxy forwards unchanged
 
     {"fault": "reset_mid_stream"}
     {"fault": {"kind": "ok", "chunks": 20, "delay": 0.01}}
+    {"fault": {"kind": "stall", "wait": 60, "ping": 0.2}}
 
 It counts connections and records, per request id, when and how each exchange
 ended, so tests can check that the proxy closes what it opens.
@@ -491,9 +492,17 @@ async def _no_done(conn: _Connection, payload: dict[str, Any], _: dict[str, Any]
 
 
 async def _stall(conn: _Connection, payload: dict[str, Any], o: dict[str, Any]) -> bool:
+    """No more events for ``wait`` seconds; with ``ping``, a keep-alive comment every
+    ``ping`` seconds meanwhile, as providers send while a model thinks."""
     conn.stream_head()
     conn.event(_chunk(payload, 0))
-    await conn.pause(float(o.get("wait", 60)))  # "forever", bounded so a broken test ends
+    wait = float(o.get("wait", 60))  # "forever", bounded so a broken test ends
+    ping = float(o.get("ping", 0))
+    deadline = time.monotonic() + wait
+    while ping and time.monotonic() + ping < deadline:
+        await conn.pause(ping)
+        conn.chunk(b": ping\n\n")
+    await conn.pause(max(0.0, deadline - time.monotonic()))
     conn.end_chunks()
     return True
 

@@ -2,9 +2,12 @@
 
 Django's ASGI app wrapped by the proxy; the upstream is ``OPENAI_BASE_URL`` (default
 https://api.openai.com/v1). Django sends no lifespan events; the proxy
-makes its HTTP client on the first request, so nothing else is needed. With
-``OPENAI_API_KEY`` set the proxy sends that key upstream; without it, each caller's
-own ``Authorization: Bearer`` key is passed through.
+makes its HTTP client on the first request, so nothing else is needed (and no
+``--lifespan on``: Django refuses the lifespan scope). With ``OPENAI_API_KEY`` set the
+proxy sends that key upstream, and callers must present one of the keys in
+``AUTOPROXY_CLIENT_KEYS`` (comma-separated); without it, each caller's own
+``Authorization: Bearer`` key is passed through. The middleware is built here, on
+import, so a bad setting stops uvicorn at start-up with its message.
 """
 
 from __future__ import annotations
@@ -13,20 +16,14 @@ import os
 
 from django.core.asgi import get_asgi_application
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, client_keys_from_env
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proxysite.settings")
 
-# With a server-side key, only these callers may spend it: AUTOPROXY_CLIENT_KEYS="k1,k2".
-client_keys = {
-    key: f"client-{number}"
-    for number, key in enumerate(os.environ.get("AUTOPROXY_CLIENT_KEYS", "").split(","))
-    if key
-}
-
 application = AutoProxyMiddleware(
     get_asgi_application(),
-    api_keys=client_keys or None,
+    # With a server-side key, only these callers may spend it: AUTOPROXY_CLIENT_KEYS.
+    api_keys=client_keys_from_env(),
     providers=[
         OpenAIProvider(
             base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
