@@ -20,7 +20,7 @@ import anyio
 import httpx
 
 from . import _json
-from .answers import StreamAudit, json_answer_usage
+from .answers import StreamAudit, is_answer, json_answer
 from .asgi import (
     JSON_CONTENT_TYPE,
     ASGIApp,
@@ -69,7 +69,7 @@ from .limits import (
     exceeds_parser_depth,
     too_deep,
 )
-from .observability import RequestHook, RequestReporter, RequestTrace
+from .observability import RequestHook, RequestReporter, RequestTrace, TokenUsage
 from .providers.base import Endpoint, Provider, UpstreamRequest, UpstreamResponse
 from .redact import provider_secrets, scrub
 from .routing import ModelRouter
@@ -626,8 +626,10 @@ class AutoProxyMiddleware:
         status = response.status
         headers = response.headers
         call.trace.provider, call.trace.cache = provider.name, "MISS" if plan else None
+        answer: dict[str, Any] | None = None
         if 200 <= status < 300:
-            call.trace.usage = json_answer_usage(provider.name, body)
+            answer = json_answer(provider.name, body)
+            call.trace.usage = TokenUsage.parse(answer.get("usage"))
         if status >= 400 and not _is_openai_error(body):
             body = ProxyError(
                 status,
@@ -640,7 +642,12 @@ class AutoProxyMiddleware:
             headers.append(("content-type", "application/json"))
         encoded = encode_headers(headers)
         cache_headers: list[tuple[bytes, bytes]] = []
-        if plan is not None and plan.decision.write and 200 <= status < 300:
+        if (
+            plan is not None
+            and plan.decision.write
+            and answer is not None
+            and is_answer(plan.endpoint, answer)
+        ):
             assert self._cache is not None
             stored = replayed_on_hits(encoded)
             entry = CachedResponse(status, stored, (body,), False, self._cache.clock())
