@@ -820,14 +820,25 @@ def _parse_payload(body: bytes, max_depth: int) -> dict[str, Any]:
     if not body:
         raise bad_request("Request body is empty; send a JSON object with a 'model'.")
     try:
-        payload = _json.loads(body)
+        parsed = _json.loads(body)
+        if isinstance(parsed, dict):
+            check_json_depth(body, parsed, max_depth)
+            # Exact integers, and no repeated key: the parse keeps the last of one, and
+            # the cache key with it, while the raw body goes upstream. (The plan memo only
+            # files plans for bodies that get past this.)
+            parsed = _json.strict(body, parsed)
+    except _json.DuplicateKeyError:
+        raise bad_request(
+            "Request body has a duplicate key in one of its JSON objects; send each key once.",
+            code="invalid_json",
+        ) from None
     except _json.JSONDecodeError as error:
         if exceeds_parser_depth(error):
             raise too_deep(max_depth) from None
         raise bad_request("Request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(payload, dict):
+    if not isinstance(parsed, dict):
         raise bad_request("Request body must be a JSON object.", code="invalid_json")
-    check_json_depth(body, payload, max_depth)
+    payload: dict[str, Any] = parsed
     model = payload.get("model")
     if model is None:
         raise bad_request("Missing required field 'model'.", param="model")

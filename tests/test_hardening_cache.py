@@ -11,8 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, _json
 from tests.conftest import CALLER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerThread, read_request
@@ -155,4 +157,155 @@ async def test_a_stream_carrying_an_error_event_is_never_cached(
         assert response.status_code == 200
         assert response.headers["x-bt-cached"] == "MISS"
         assert b"overloaded mid-stream" in response.content
+    assert upstream.calls == 2
+
+
+# -- 2. duplicate keys ---------------------------------------------------------------------
+
+DUPLICATED = [
+    b'{"model":"gpt-4o-mini","model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}',
+    b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"a","content":"b"}]}',
+    b'{"model":"gpt-4o-mini","messages":[],"x":{"y":[{"z":{"k":1,"k":2}}]}}',
+    # Colons in strings and escaped colons must not hide a duplicate.
+    b'{"model":"m:1","messages":[],"t\\u003a":"a:b","t\\u003a":"a\\u003ab"}',
+    b'{"model":"m","a":"\\u003a\\u003a\\u003a","a":1}',
+    b'{"model":"m","messages":[],"f\\u003a":1,"f:":2}',  # one key, written two ways
+]
+
+
+@pytest.mark.parametrize("raw", DUPLICATED)
+async def test_duplicate_keys_are_rejected_without_echoing_values(
+    make_proxy: MakeProxy, upstream: FakeUpstream, raw: bytes
+) -> None:
+    app = make_proxy()
+    response = await post(app, raw=raw)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json"
+    assert "duplicate" in error["message"].lower()
+    for value in (b"gpt-4o", b'"b"', b"a:b"):
+        assert value.decode() not in error["message"]
+    assert upstream.calls == 0
+
+
+async def test_a_duplicate_key_cannot_reach_another_body_s_entry(
+    make_proxy: MakeProxy, upstream: FakeUpstream
+) -> None:
+    """The key used to take the last value while upstream could read the first."""
+    app = make_proxy()
+    cached = b'{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"A"}]}'
+    assert (await post(app, raw=cached)).headers["x-bt-cached"] == "MISS"
+    split = (
+        b'{"model":"gpt-4o-mini","temperature":0,"messages":[{"role":"user","content":"B"}],'
+        b'"messages":[{"role":"user","content":"A"}]}'
+    )
+    for _ in range(2):  # twice: a rejected body never gets a remembered plan either
+        response = await post(app, raw=split)
+        assert response.status_code == 400
+        assert "x-bt-cached" not in response.headers
+    assert app._plan_memo is not None and len(app._plan_memo) == 1
+    assert upstream.calls == 1
+
+
+NOT_DUPLICATED = [
+    b'{"model":"m","messages":[{"role":"user","content":"time: 10:30, url https://x:8/a"}]}',
+    b'{"model":"m","messages":[],"a:b":{"a:b":"c:d"},"c":{"a:b":1}}',
+    b'{"model":"m","messages":[],"e":"\\u003a\\u003A:","f\\u003a":1,"g:":2}',
+    b'{"model":"m","messages":[],"lit":"\\\\u003a and \\\\u003A are text here"}',
+    b'{"model":"m","messages":[],"s":"\\u00e9\\ud83d\\ude00:"}',
+]
+
+
+@pytest.mark.parametrize("raw", NOT_DUPLICATED)
+async def test_colons_and_escapes_without_duplicates_are_accepted(
+    make_proxy: MakeProxy, upstream: FakeUpstream, raw: bytes
+) -> None:
+    response = await post(make_proxy(), raw=raw)
+    assert response.status_code == 200, response.text
+    assert upstream.calls == 1
+
+
+_keys = st.sampled_from(["a", "b", ":", "a:b", "\\u003a", "\\\\u003a", "\\u00e9"])
+_strings = st.sampled_from(["", ":", "x:y", "\\u003a", "\\u003A", "\\\\u003a", "\\\\", '\\"'])
+
+
+def _json_texts() -> st.SearchStrategy[str]:
+    """JSON texts written by hand, so they can repeat keys and hold escapes."""
+    scalars = st.one_of(
+        _strings.map(lambda s: f'"{s}"'),
+        st.sampled_from(["1", "1.0", "1e2", "true", "null"]),
+        st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    )
+
+    def containers(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        arrays = st.lists(children, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]")
+        members = st.lists(st.tuples(_keys, children), max_size=4)
+        objects = members.map(lambda ms: "{" + ",".join(f'"{k}" : {v}' for k, v in ms) + "}")
+        return arrays | objects
+
+    return st.recursive(scalars, containers, max_leaves=12)
+
+
+def _has_duplicates(text: str) -> bool:
+    found = False
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal found
+        found = found or len({k for k, _ in items}) < len(items)
+        return dict(items)
+
+    json.loads(text, object_pairs_hook=pairs)
+    return found
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json_texts())
+def test_strict_reading_agrees_with_the_standard_library(text: str) -> None:
+    """Duplicates found exactly where they are; every integer read exactly."""
+    for raw in (text.encode(), text.replace(" : ", ":").encode()):  # the compact way too
+        try:
+            value = _json.strict(raw, _json.loads(raw))
+        except _json.DuplicateKeyError:
+            assert _has_duplicates(text)
+        else:
+            assert not _has_duplicates(text)
+            assert json.dumps(value) == json.dumps(json.loads(raw))  # 1.0 and 1 apart
+
+
+@pytest.mark.parametrize("colon_every", [10, 1000, 100_000])
+@pytest.mark.parametrize("duplicated", [False, True])
+async def test_long_bodies_are_checked_for_duplicates_too(
+    make_proxy: MakeProxy, upstream: FakeUpstream, colon_every: int, duplicated: bool
+) -> None:
+    """Long bodies count their colons another way (hopping between sparse ones)."""
+    text = ("x" * (colon_every - 1) + ":") * (200_000 // colon_every)
+    body = chat_body(text, temperature=0.5)
+    raw = json.dumps(body).encode()  # spaced, so not byte for byte what the proxy writes
+    if duplicated:
+        raw = raw[:-1] + b', "temperature": 0.7}'
+    response = await post(make_proxy(), raw=raw)
+    assert response.status_code == (400 if duplicated else 200), response.text
+    assert upstream.calls == (0 if duplicated else 1)
+
+
+# -- 3. integers stay exact ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "seeds",
+    [(2**64, 2**64 + 1), (-(2**63) - 1, -(2**63) - 2), (10**30, 10**30 + 1)],
+)
+async def test_integers_past_64_bits_get_their_own_entries(
+    make_proxy: MakeProxy, upstream: FakeUpstream, seeds: tuple[int, int]
+) -> None:
+    app = make_proxy()
+    bodies = [json.dumps(chat_body("big seed", seed=seed)).encode() for seed in seeds]
+    first = [await post(app, raw=raw) for raw in bodies]
+    assert [r.headers["x-bt-cached"] for r in first] == ["MISS", "MISS"]
+    assert upstream.calls == 2
+    assert [request.json["seed"] for request in upstream.requests] == list(seeds)
+    again = [await post(app, raw=raw) for raw in bodies]
+    assert [r.headers["x-bt-cached"] for r in again] == ["HIT", "HIT"]
+    assert [r.json() for r in again] == [r.json() for r in first]
+    assert first[0].json() != first[1].json()
     assert upstream.calls == 2
