@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from hypothesis import given, settings
@@ -308,4 +309,71 @@ async def test_integers_past_64_bits_get_their_own_entries(
     assert [r.headers["x-bt-cached"] for r in again] == ["HIT", "HIT"]
     assert [r.json() for r in again] == [r.json() for r in first]
     assert first[0].json() != first[1].json()
+    assert upstream.calls == 2
+
+
+# -- 4. equal numbers key alike ------------------------------------------------------------
+
+EQUAL_BODIES = [
+    (b'"temperature":0', b'"temperature":0.0'),
+    (b'"temperature":0', b'"temperature":-0.0'),
+    (b'"seed":100,"temperature":1', b'"seed":1e2,"temperature":1.0'),
+    (b'"temperature":0,"x":[{"n":3}]', b'"temperature":0,"x":[{"n":3.0}]'),
+    (b'"seed":18446744073709551616', b'"seed":1.8446744073709552e19'),
+]
+
+
+def _chat_raw(fields: bytes, content: bytes = b"hi") -> bytes:
+    head = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + content + b'"}],'
+    return head + fields + b"}"
+
+
+@pytest.mark.parametrize(("one", "other"), EQUAL_BODIES)
+async def test_equal_numbers_written_differently_share_an_entry(
+    make_proxy: MakeProxy, upstream: FakeUpstream, one: bytes, other: bytes
+) -> None:
+    app = make_proxy()
+    first = await post(app, raw=_chat_raw(one))
+    second = await post(app, raw=_chat_raw(other))
+    assert (first.headers["x-bt-cached"], second.headers["x-bt-cached"]) == ("MISS", "HIT")
+    assert second.json() == first.json()
+    assert upstream.calls == 1
+
+
+async def test_equal_numbers_written_differently_share_a_flight(
+    make_proxy: MakeProxy, upstream: FakeUpstream
+) -> None:
+    app = make_proxy()
+    slow = b'"fake":{"sleep":0.5},'
+    responses: list[httpx.Response] = []
+
+    async def send(fields: bytes) -> None:
+        responses.append(await post(app, raw=_chat_raw(slow + fields, b"flight")))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(send, b'"temperature":0')
+        await anyio.sleep(0.2)  # the first is upstream by now
+        tasks.start_soon(send, b'"temperature":0.0')
+    assert sorted(r.headers["x-bt-cached"] for r in responses) == ["HIT", "MISS"]
+    assert responses[0].json() == responses[1].json()
+    assert upstream.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (b'"seed":1,"logprobs":true', b'"seed":1,"logprobs":1'),
+        (b'"seed":1,"x":false', b'"seed":1,"x":0'),
+        (b'"seed":1,"x":0.5', b'"seed":1,"x":0'),
+        (b'"seed":1,"x":"1"', b'"seed":1,"x":1'),
+        (b'"seed":9007199254740993', b'"seed":9007199254740992'),
+    ],
+)
+async def test_different_values_do_not_share(
+    make_proxy: MakeProxy, upstream: FakeUpstream, one: bytes, other: bytes
+) -> None:
+    app = make_proxy()
+    first = await post(app, raw=_chat_raw(one))
+    second = await post(app, raw=_chat_raw(other))
+    assert (first.headers["x-bt-cached"], second.headers["x-bt-cached"]) == ("MISS", "MISS")
     assert upstream.calls == 2
