@@ -529,12 +529,14 @@ class AutoProxyMiddleware:
         assert self._cache is not None
         token = await self._cache.claim(plan.key, self._coalesce_timeout)
         if token is None:
-            entry = await self._cache.wait_for_peer(plan.key, self._coalesce_timeout)
-            if entry is not None:
+            found = await self._cache.wait_for_peer(
+                plan.key, self._coalesce_timeout, max_age=plan.decision.max_age
+            )
+            if isinstance(found, CachedResponse):
                 self._cache.stats.coalesced += 1
-                await self._send_hit(call, entry)
+                await self._send_hit(call, found)
                 return
-            token = ""  # the other process gave up: call upstream without the lock
+            token = found  # the other process gave up: call upstream ("": without the lock)
         try:
             with self._limits.upstream.hold():
                 await self._lead(call, candidates, request, plan, receive)

@@ -6,6 +6,7 @@ entry must be. Every test drives the middleware against a real HTTP upstream on
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, _json
-from tests.conftest import CALLER_KEY, MakeProxy, chat_body
+from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, OpenAIProvider, RedisCache, _json
+from tests.conftest import CALLER_KEY, Clock, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
+from tests.redis_server import RedisServer, running_redis
 from tests.servers import ServerThread, read_request
 
 pytestmark = pytest.mark.anyio
@@ -376,4 +378,124 @@ async def test_different_values_do_not_share(
     first = await post(app, raw=_chat_raw(one))
     second = await post(app, raw=_chat_raw(other))
     assert (first.headers["x-bt-cached"], second.headers["x-bt-cached"]) == ("MISS", "MISS")
+    assert upstream.calls == 2
+
+
+# -- 6. a request's freshness limit holds on every path ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+def _redis_proxies(
+    make_proxy: MakeProxy, server: RedisServer, clock: Clock, prefix: str
+) -> tuple[AutoProxyMiddleware, AutoProxyMiddleware]:
+    """Two middleware instances, as two processes would be, on one Redis."""
+    return tuple(  # type: ignore[return-value]
+        make_proxy(
+            cache=RedisCache(server.url, prefix=prefix, timeout=2),
+            cache_clock=clock,
+            coalesce_timeout=10,
+        )
+        for _ in range(2)
+    )
+
+
+async def _until(condition: Any, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await anyio.sleep(0.01)
+
+
+async def test_an_entry_from_another_process_s_flight_obeys_max_age(
+    make_proxy: MakeProxy, upstream: FakeUpstream, redis_server: RedisServer
+) -> None:
+    clock = Clock()
+    a, b = _redis_proxies(make_proxy, redis_server, clock, "fresh-peer:")
+    body = chat_body("fresh across processes", temperature=0, fake={"sleep": 0.5})
+    assert (await post(a, body)).headers["x-bt-cached"] == "MISS"
+    clock.now += 4  # the entry is 4 s old now
+
+    fresh = {"cache-control": "max-age=1"}
+    refreshed: list[httpx.Response] = []
+
+    async def refresh() -> None:
+        refreshed.append(await post(a, body, headers=fresh))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(refresh)
+        await _until(lambda: upstream.calls == 2)  # A holds the Redis lock, calling upstream
+        waited = await post(b, body, headers=fresh)
+    assert refreshed[0].headers["x-bt-cached"] == "MISS"
+    assert waited.status_code == 200
+    assert waited.headers["x-bt-cached"] == "HIT"
+    assert int(waited.headers["age"]) <= 1
+    assert waited.json() == refreshed[0].json()  # the new answer, not the 4 s old one
+    assert waited.json()["id"] == "chatcmpl-2"
+    assert upstream.calls == 2
+
+
+async def test_a_peer_that_stores_nothing_fresh_leaves_the_waiter_to_call_upstream(
+    make_proxy: MakeProxy, upstream: FakeUpstream, redis_server: RedisServer
+) -> None:
+    clock = Clock()
+    a, b = _redis_proxies(make_proxy, redis_server, clock, "stale-peer:")
+    body = chat_body("peer fails", temperature=0, fake={"sleep": 0.5})
+    assert (await post(a, body)).headers["x-bt-cached"] == "MISS"
+    clock.now += 4
+    upstream.overrides = {"status": 500}  # A's refresh fails: nothing new is stored
+    fresh = {"cache-control": "max-age=1"}
+
+    async def refresh() -> None:
+        await post(a, body, headers=fresh)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(refresh)
+        await _until(lambda: upstream.calls == 2)
+        started = time.monotonic()
+        waited = await post(b, body, headers=fresh)
+    assert time.monotonic() - started < 5  # not the whole coalesce_timeout
+    assert waited.status_code == 500  # B's own upstream call, not the stale entry
+    assert upstream.calls == 3
+
+
+async def test_a_remembered_plan_obeys_max_age(
+    make_proxy: MakeProxy, upstream: FakeUpstream
+) -> None:
+    clock = Clock()
+    app = make_proxy(cache=MemoryCache(timer=clock), cache_clock=clock)
+    raw = json.dumps(chat_body("memo", temperature=0)).encode()
+    fresh = {"cache-control": "max-age=1"}
+    assert (await post(app, raw=raw, headers=fresh)).headers["x-bt-cached"] == "MISS"
+    assert (await post(app, raw=raw, headers=fresh)).headers["x-bt-cached"] == "HIT"
+    clock.now += 4
+    assert (await post(app, raw=raw, headers=fresh)).headers["x-bt-cached"] == "MISS"
+    assert app._plan_memo is not None and app._plan_memo.found >= 2
+    assert upstream.calls == 2
+
+
+async def test_a_request_following_a_flight_gets_its_fresh_answer(
+    make_proxy: MakeProxy, upstream: FakeUpstream
+) -> None:
+    """An in-process flight is the answer being made now: it meets any max-age."""
+    clock = Clock()
+    app = make_proxy(cache=MemoryCache(timer=clock), cache_clock=clock)
+    body = chat_body("follow", temperature=0, fake={"sleep": 0.5})
+    assert (await post(app, body)).headers["x-bt-cached"] == "MISS"
+    clock.now += 4
+    fresh = {"cache-control": "max-age=1"}
+    responses: list[httpx.Response] = []
+
+    async def send() -> None:
+        responses.append(await post(app, body, headers=fresh))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(send)
+        await _until(lambda: upstream.calls == 2)
+        tasks.start_soon(send)
+    assert [r.json()["id"] for r in responses] == ["chatcmpl-2", "chatcmpl-2"]
     assert upstream.calls == 2
