@@ -2,11 +2,14 @@
 
 A 2xx JSON answer must be a JSON object, and each SSE event must carry JSON (or
 ``[DONE]``): anything else is an upstream fault, answered as one and never cached.
-Token usage is read on the way, for the observability record.
+A 2xx object that is not an answer for its endpoint (upstreams do send 200 with an
+error object) is relayed as it is, but never cached. Token usage is read on the way,
+for the observability record.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from . import _json
@@ -14,16 +17,33 @@ from .errors import upstream_invalid_response
 from .observability import TokenUsage
 from .sse import event_data, event_name
 
+# What a 2xx answer must hold to be cached, by endpoint: a field and its type. A new
+# route adds its row (embeddings, say: ("data", list)); an endpoint without one is never
+# cached.
+ANSWER_FIELDS: Mapping[str, tuple[str, type]] = {
+    "chat": ("choices", list),
+    "completion": ("choices", list),
+}
 
-def json_answer_usage(provider: str, body: bytes) -> TokenUsage | None:
-    """The usage of a 2xx JSON answer; raises a 502 when the body is not a JSON object."""
+
+def json_answer(provider: str, body: bytes) -> dict[str, Any]:
+    """A 2xx JSON answer, parsed; raises a 502 when the body is not a JSON object."""
     try:
         payload = _json.loads(body)
     except _json.JSONDecodeError:
         raise upstream_invalid_response(provider, "a 2xx body that is not valid JSON") from None
     if not isinstance(payload, dict):
         raise upstream_invalid_response(provider, "a 2xx body that is not a JSON object")
-    return TokenUsage.parse(payload.get("usage"))
+    return payload
+
+
+def is_answer(endpoint: str, answer: Mapping[str, Any]) -> bool:
+    """Whether a 2xx JSON object answers ``endpoint``: fit to cache, unlike an error."""
+    rule = ANSWER_FIELDS.get(endpoint)
+    if rule is None or answer.get("error") is not None:
+        return False
+    name, kind = rule
+    return isinstance(answer.get(name), kind)
 
 
 class StreamAudit:

@@ -21,7 +21,7 @@ import anyio
 import httpx
 
 from . import _json
-from .answers import StreamAudit, json_answer_usage
+from .answers import StreamAudit, is_answer, json_answer
 from .asgi import (
     JSON_CONTENT_TYPE,
     ASGIApp,
@@ -70,7 +70,7 @@ from .limits import (
     exceeds_parser_depth,
     too_deep,
 )
-from .observability import RequestHook, RequestReporter, RequestTrace
+from .observability import RequestHook, RequestReporter, RequestTrace, TokenUsage
 from .providers.base import Endpoint, Provider, UpstreamRequest, UpstreamResponse
 from .redact import provider_secrets, scrub, scrub_headers
 from .routing import ModelRouter
@@ -561,12 +561,14 @@ class AutoProxyMiddleware:
         assert self._cache is not None
         token = await self._cache.claim(plan.key, self._coalesce_timeout)
         if token is None:
-            entry = await self._cache.wait_for_peer(plan.key, self._coalesce_timeout)
-            if entry is not None:
+            found = await self._cache.wait_for_peer(
+                plan.key, self._coalesce_timeout, max_age=plan.decision.max_age
+            )
+            if isinstance(found, CachedResponse):
                 self._cache.stats.coalesced += 1
-                await self._send_hit(call, entry)
+                await self._send_hit(call, found)
                 return
-            token = ""  # the other process gave up: call upstream without the lock
+            token = found  # the other process gave up: call upstream ("": without the lock)
         try:
             with self._limits.upstream.hold():
                 await self._lead(call, candidates, request, plan, receive)
@@ -658,15 +660,22 @@ class AutoProxyMiddleware:
         status = response.status
         headers = response.headers
         call.trace.provider, call.trace.cache = provider.name, "MISS" if plan else None
+        answer: dict[str, Any] | None = None
         if 200 <= status < 300:
-            call.trace.usage = json_answer_usage(provider.name, body)
+            answer = json_answer(provider.name, body)
+            call.trace.usage = TokenUsage.parse(answer.get("usage"))
         if status >= 400 and not _is_openai_error(body):
             body = self._unshaped_error(provider, response, call.request_id)
             headers = [(k, v) for k, v in headers if k != "content-type"]
             headers.append(("content-type", "application/json"))
         encoded = self._answer_headers(headers)
         cache_headers: list[tuple[bytes, bytes]] = []
-        if plan is not None and plan.decision.write and 200 <= status < 300:
+        if (
+            plan is not None
+            and plan.decision.write
+            and answer is not None
+            and is_answer(plan.endpoint, answer)
+        ):
             assert self._cache is not None
             stored = replayed_on_hits(encoded)
             entry = CachedResponse(status, stored, (body,), False, self._cache.clock())
@@ -890,14 +899,25 @@ def _parse_payload(body: bytes, max_depth: int) -> dict[str, Any]:
     if not body:
         raise bad_request("Request body is empty; send a JSON object with a 'model'.")
     try:
-        payload = _json.loads(body)
+        parsed = _json.loads(body)
+        if isinstance(parsed, dict):
+            check_json_depth(body, parsed, max_depth)
+            # Exact integers, and no repeated key: the parse keeps the last of one, and
+            # the cache key with it, while the raw body goes upstream. (The plan memo only
+            # files plans for bodies that get past this.)
+            parsed = _json.strict(body, parsed)
+    except _json.DuplicateKeyError:
+        raise bad_request(
+            "Request body has a duplicate key in one of its JSON objects; send each key once.",
+            code="invalid_json",
+        ) from None
     except _json.JSONDecodeError as error:
         if exceeds_parser_depth(error):
             raise too_deep(max_depth) from None
         raise bad_request("Request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(payload, dict):
+    if not isinstance(parsed, dict):
         raise bad_request("Request body must be a JSON object.", code="invalid_json")
-    check_json_depth(body, payload, max_depth)
+    payload: dict[str, Any] = parsed
     model = payload.get("model")
     if model is None:
         raise bad_request("Missing required field 'model'.", param="model")

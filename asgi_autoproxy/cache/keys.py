@@ -1,9 +1,10 @@
 """Cache keys: versioned hashes of everything that makes two requests the same.
 
 The key covers the endpoint, the providers that may answer, the caller and the
-canonical JSON body, so key order and whitespace do not matter but callers never
-share entries (unless told to). A second, independent hash of the same material
-is the secret that encrypts the entry where the backend asks for encryption.
+canonical JSON body, so key order, whitespace and how a number is written (`0` or
+`0.0`) do not matter but callers never share entries (unless told to). A second,
+independent hash of the same material is the secret that encrypts the entry where the
+backend asks for encryption.
 """
 
 from __future__ import annotations
@@ -70,5 +71,41 @@ def entry_key(
     # name the hash, so installs with and without blake3 never mix their entries. One
     # hash call over the joined bytes: each update() costs more than copying a small body.
     fields = _json.dumps([_VERSION, _HASH_NAME, endpoint, providers, caller])
-    summary = new_hash(b"\n".join((fields, _json.canonical(body)))).digest()
+    summary = new_hash(b"\n".join((fields, _canonical_numbers(body)))).digest()
     return EntryKey(derive_key(summary), summary)
+
+
+def _canonical_numbers(body: Mapping[str, Any]) -> bytes:
+    """The canonical JSON of ``body``, with each float equal to an integer written as that
+    integer: `0` and `0.0`, or `100` and `1e2`, ask the same (``true`` stays apart from
+    `1`: a bool is no float). Integers are exact: the body was read by ``_json.strict``."""
+    try:
+        return _json.canonical(_whole_floats_as_ints(body))
+    except RecursionError:  # nested past Python's limit: the exact body, a stricter key
+        return _json.canonical(body)
+
+
+_CHANGEABLE = frozenset((float, dict, list))
+
+
+def _whole_floats_as_ints(value: Any) -> Any:
+    """``value`` with whole floats as ints; containers are copied only on the way to one,
+    so a body without any (most) costs a walk and no copy."""
+    kind = type(value)
+    if kind is float:
+        return int(value) if value.is_integer() else value
+    if kind is dict:
+        items: Any = value.items()
+    elif kind is list:
+        items = enumerate(value)
+    else:
+        return value
+    copy = None
+    for name, item in items:
+        if type(item) in _CHANGEABLE:
+            new = _whole_floats_as_ints(item)
+            if new is not item:
+                if copy is None:
+                    copy = kind(value)
+                copy[name] = new
+    return value if copy is None else copy

@@ -73,15 +73,39 @@ class ResponseCache:
         except Exception as exc:
             self._failed("unlock", key, exc)
 
-    async def wait_for_peer(self, key: EntryKey, seconds: float) -> CachedResponse | None:
-        """The entry another process is filling, or None when it gave up or took too long."""
+    async def wait_for_peer(
+        self, key: EntryKey, seconds: float, *, max_age: float | None
+    ) -> CachedResponse | str:
+        """The entry another process is filling, or a token to call upstream with ("":
+        without the lock) when it gave up or took too long.
+
+        An entry older than ``max_age`` is one the other process is replacing (the request
+        could not use it either): wait on for the new one while that process holds the
+        lock, and take the lock once it lets go without storing one.
+        """
         assert self.locks is not None
-        try:
-            raw = await self.locks.wait_for(key.key, seconds)
-        except Exception as exc:
-            self._failed("wait", key, exc)
-            return None
-        return None if raw is None else self._open(key, raw)
+        deadline = time.monotonic() + seconds
+        delay = 0.01
+        while True:
+            try:
+                raw = await self.locks.wait_for(key.key, max(0.0, deadline - time.monotonic()))
+            except Exception as exc:
+                self._failed("wait", key, exc)
+                return ""
+            entry = None if raw is None else self._open(key, raw)
+            if entry is None:
+                return ""
+            if max_age is None or self.age(entry) <= max_age:
+                return entry
+            # Too old. wait_for answers at once while it is there, so poll, backing off,
+            # and ask for the lock each time to learn whether the other process let go.
+            token = await self.claim(key, seconds)
+            if token is not None:
+                return token
+            if time.monotonic() + delay >= deadline:
+                return ""
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     async def get(self, key: EntryKey, *, max_age: float | None) -> CachedResponse | None:
         entry: CachedResponse | None = None
