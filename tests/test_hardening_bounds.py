@@ -1,0 +1,207 @@
+"""Bounds on what a caller or an upstream can make the proxy hold: a request body that
+trickles in, an answer or an SSE event that is too large (or a gzip bomb), an event that
+never ends; and SSE events ended by CR or mixed line ends.
+
+Everything goes through real servers on 127.0.0.1: the proxy under uvicorn, the
+upstreams as small ASGI apps under uvicorn, the callers over real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+import httpx
+import pytest
+
+from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy.errors import ResponseTooLarge
+from asgi_autoproxy.sse import EventSplitter
+from tests.conftest import CALLER_KEY, chat_body, inner_app
+from tests.servers import read_request, serve
+
+TRANSPORTS = ["httpx", "aiohttp"]
+AUTH = {"authorization": f"Bearer {CALLER_KEY}"}
+
+
+# -- upstreams -------------------------------------------------------------------------
+
+
+class Upstream:
+    """An ASGI upstream that answers every request with ``answer(send)`` and counts them."""
+
+    def __init__(self, answer: Callable[[Any], Any]) -> None:
+        self.answer = answer
+        self.requests = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await read_request(scope, receive)
+        self.requests += 1
+        await self.answer(send)
+
+
+def whole(body: bytes, *headers: tuple[bytes, bytes]) -> Callable[[Any], Any]:
+    async def answer(send: Any) -> None:
+        start = [(b"content-type", b"application/json"), *headers]
+        start.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": start})
+        await send({"type": "http.response.body", "body": body})
+
+    return answer
+
+
+def events(*chunks: bytes, pause: float = 0.0) -> Callable[[Any], Any]:
+    """An SSE answer sent as ``chunks``, each its own write (``pause`` s apart)."""
+
+    async def answer(send: Any) -> None:
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if pause:
+                await asyncio.sleep(pause)
+        await send({"type": "http.response.body", "body": b""})
+
+    return answer
+
+
+def delta(text: str) -> dict[str, Any]:
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
+
+
+def data(text: str) -> bytes:
+    return b"data: " + json.dumps(delta(text)).encode()
+
+
+@cache
+def gzip_bomb() -> bytes:
+    """64 MiB of zeros, gzipped: about 64 KiB on the wire."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    block = bytes(1 << 20)
+    return b"".join(packer.compress(block) for _ in range(64)) + packer.flush()
+
+
+@contextmanager
+def proxy_for(upstream: Upstream, **keywords: Any) -> Iterator[tuple[str, Upstream]]:
+    """The proxy (cache on) in front of ``upstream``, each under its own uvicorn."""
+    with serve(upstream) as up:
+        provider = OpenAIProvider(base_url=up.url + "/v1", name="bounded")
+        app = AutoProxyMiddleware(inner_app(), providers=[provider], **keywords)
+        with serve(app, lifespan="on") as server:
+            yield server.url, upstream
+
+
+def post(url: str, body: dict[str, Any]) -> httpx.Response:
+    with httpx.Client(base_url=url, headers=AUTH, timeout=20.0) as http:
+        return http.post("/v1/proxy/auto", json=body)
+
+
+def sse_data(text: str) -> list[str]:
+    """Each event's joined ``data:`` lines, read the way the SSE spec says."""
+    found: list[str] = []
+    lines: list[str] = []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        if line == "":
+            if lines:
+                found.append("\n".join(lines))
+            lines = []
+        elif line.startswith("data:"):
+            value = line[5:]
+            lines.append(value[1:] if value.startswith(" ") else value)
+    return found
+
+
+def cacheable(text: str, *, stream: bool = False) -> dict[str, Any]:
+    return chat_body(text, temperature=0, stream=stream)
+
+
+# -- 13 and 15: splitting SSE events ----------------------------------------------------
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_splitting_an_event_that_never_ends_is_linear(line_end: bytes) -> None:
+    """16 MiB in 4 KiB reads, no blank line anywhere, against the same bytes cut into
+    4 KiB events: the same order of time, where a quadratic splitter takes minutes."""
+    line = b"data: " + b"x" * 1000 + line_end
+    read = line * (4096 // len(line))
+    reads = (16 << 20) // len(read)
+    ended = read[: -len(line_end)] + line_end * 2  # the same size, ending an event
+
+    def split(chunk: bytes, budget: float) -> float:
+        splitter = EventSplitter()
+        started = time.perf_counter()
+        for count in range(reads):
+            splitter.feed(chunk)
+            if count % 256 == 0 and time.perf_counter() - started > budget:
+                pytest.fail(f"{count} of {reads} reads took over {budget:.2f} s")
+        return time.perf_counter() - started
+
+    baseline = min(split(ended, 60.0) for _ in range(3))
+    endless = split(read, 10 * baseline + 0.5)
+    assert endless < 10 * baseline + 0.5, (endless, baseline)
+
+
+def test_the_splitter_stops_at_the_event_bound() -> None:
+    splitter = EventSplitter(max_event_size=100)
+    assert splitter.feed(b"data: 1\n\ndata: ") == [b"data: 1\n\n"]
+    with pytest.raises(ResponseTooLarge) as raised:
+        for _ in range(10):
+            splitter.feed(b"x" * 30)
+    assert raised.value.limit == 100
+    assert raised.value.what == "event"
+    with pytest.raises(ResponseTooLarge):  # ended within one read, still too large
+        EventSplitter(max_event_size=100).feed(b"data: " + b"x" * 200 + b"\n\n")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_events_ended_by_cr_or_mixed_line_ends_all_reach_the_caller(transport: str) -> None:
+    # One event in two data lines, which join into valid JSON again; were the CRLF after
+    # the first cut in two counted as two line ends, the first half would go alone.
+    text = json.dumps(delta("split")).encode()
+    half = text.index(b", ") + 1
+    chunks = [
+        data("cr") + b"\r\r",  # CR line ends only
+        data("lf-crlf") + b"\n\r\n",  # LF, then a CRLF blank line
+        data("crlf-lf") + b"\r\n\n",
+        data("crlf") + b"\r\n\r\n",
+        b"data: " + text[:half] + b"\r",  # a CRLF cut between two writes
+        b"\ndata: " + text[half:] + b"\r",
+        b"\n\r",
+        b"\n" + data("cr-crlf") + b"\r\r\n",
+        b"data: [DONE]\r\r",
+    ]
+    upstream = Upstream(events(*chunks, pause=0.02))
+    with proxy_for(upstream, http_transport=transport, cache=None) as (url, _):
+        response = post(url, chat_body(stream=True))
+    assert response.status_code == 200
+    found = sse_data(response.text)
+    assert found[-1] == "[DONE]", found
+    texts = [json.loads(one)["choices"][0]["delta"]["content"] for one in found[:-1]]
+    assert texts == ["cr", "lf-crlf", "crlf-lf", "crlf", "split", "cr-crlf"]
+    # Every data line arrives byte for byte.
+    for sent in [*(data(name) for name in ("cr", "crlf", "cr-crlf")), text[:half], text[half:]]:
+        assert sent.decode() in response.text
+
+
+def test_a_crlf_cut_between_two_reads_is_one_line_end() -> None:
+    splitter = EventSplitter()
+    fed = [b"data: a\r", b"\n", b"data: b\r", b"\n\r", b"", b"\ndata: c\r\r"]
+    assert [event for chunk in fed for event in splitter.feed(chunk)] == [
+        b"data: a\ndata: b\n\n",
+        b"data: c\n\n",
+    ]
+    assert splitter.pending == b""
