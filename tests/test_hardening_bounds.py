@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -205,3 +206,92 @@ def test_a_crlf_cut_between_two_reads_is_one_line_end() -> None:
         b"data: c\n\n",
     ]
     assert splitter.pending == b""
+
+
+# -- 12: answers too large, gzip bombs -------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_whole_answer_over_the_bound_is_a_502_and_not_cached(transport: str) -> None:
+    big = json.dumps({"id": "c1", "pad": "x" * 300_000}).encode()
+    upstream = Upstream(whole(big))
+    keywords = {"http_transport": transport, "max_response_size": 256 * 1024}
+    with proxy_for(upstream, **keywords) as (url, _):
+        first = post(url, cacheable("big"))
+        again = post(url, cacheable("big"))
+        upstream.answer = whole(b'{"id": "small"}')  # under the bound: cached as usual
+        small = [post(url, cacheable("small")) for _ in range(2)]
+    for response in (first, again):
+        assert response.status_code == 502
+        error = response.json()["error"]
+        assert error["code"] == "upstream_response_too_large"
+        assert error["type"] == "upstream_error"
+        assert str(256 * 1024) in error["message"]
+    assert [r.headers["x-bt-cached"] for r in small] == ["MISS", "HIT"]
+    assert upstream.requests == 3  # both big ones went upstream: nothing was cached
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_gzip_bomb_is_refused_without_inflating_it(transport: str) -> None:
+    bomb = gzip_bomb()
+    upstream = Upstream(whole(bomb, (b"content-encoding", b"gzip")))
+    keywords = {"http_transport": transport, "max_response_size": 1 << 20}
+    with proxy_for(upstream, **keywords) as (url, _):
+        post(url, chat_body("warm-up"))  # connections and imports, outside the count
+        tracemalloc.start()
+        try:
+            started = time.monotonic()
+            response = post(url, cacheable("bomb"))
+            took = time.monotonic() - started
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        again = post(url, cacheable("bomb"))
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_response_too_large"
+    # Inflating it whole would take 64 MiB at least; a bounded read, the bound and a piece.
+    assert peak < 16 << 20, f"peak {peak / 2**20:.1f} MiB"
+    assert took < 10, took
+    assert again.status_code == 502
+    assert upstream.requests == 3
+
+
+# -- 12 and 13: SSE events too large, or never ending through the proxy ---------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_event_over_the_bound_ends_the_stream_and_is_not_cached(transport: str) -> None:
+    huge = data("y" * 100_000) + b"\n\n"
+    upstream = Upstream(
+        events(data("one") + b"\n\n", huge[:40_000], huge[40_000:], b"data: [DONE]\n\n")
+    )
+    keywords = {"http_transport": transport, "max_event_size": 64 * 1024}
+    with proxy_for(upstream, **keywords) as (url, _):
+        first = post(url, cacheable("huge", stream=True))
+        again = post(url, cacheable("huge", stream=True))
+    for response in (first, again):
+        assert response.status_code == 200
+        found = sse_data(response.text)
+        assert json.loads(found[0]) == delta("one")
+        assert "[DONE]" not in found
+        error = json.loads(found[-1])["error"]
+        assert error["code"] == "upstream_response_too_large"
+        assert str(64 * 1024) in error["message"]
+    assert first.headers["x-bt-cached"] == again.headers["x-bt-cached"] == "MISS"
+    assert upstream.requests == 2
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_event_that_never_ends_is_cut_at_the_bound(transport: str) -> None:
+    endless = [data("two")] + [b"z" * 65536] * 256  # 16 MiB, no blank line
+    upstream = Upstream(events(data("one") + b"\n\n", *endless))
+    keywords = {"http_transport": transport, "max_event_size": 256 * 1024}
+    with proxy_for(upstream, **keywords) as (url, _):
+        started = time.monotonic()
+        response = post(url, cacheable("endless", stream=True))
+        took = time.monotonic() - started
+    found = sse_data(response.text)
+    assert json.loads(found[0]) == delta("one")
+    assert json.loads(found[-1])["error"]["code"] == "upstream_response_too_large"
+    assert len(response.content) < 64 * 1024  # nothing of the endless event got through
+    assert took < 10, took
