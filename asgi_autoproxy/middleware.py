@@ -44,6 +44,7 @@ from .cache.plan_memo import PlanMemo, request_digest
 from .cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL, CacheDecision, decide
 from .cache.store import CacheStats, ResponseCache
 from .clients import DEFAULT_TIMEOUT, SharedClients, TransportChoice, default_client_factory
+from .deadline import Deadline
 from .dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
 from .errors import (
     ProxyError,
@@ -96,6 +97,7 @@ _ID_PREFIX = os.urandom(8).hex()
 _id_counter = itertools.count(1)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
+DEFAULT_REQUEST_READ_TIMEOUT = 30.0
 DEFAULT_MAX_RESPONSE_SIZE = 32 * 1024 * 1024
 # Chat deltas are well under 1 KiB; the largest events seen carry a whole base64 image
 # or audio clip, a few MB. 4 MiB leaves room for those and still caps what an event
@@ -213,6 +215,7 @@ class AutoProxyMiddleware:
         model_catalog: Mapping[str, str] | None = None,
         sibling_routes: bool = True,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        request_read_timeout: float | None = DEFAULT_REQUEST_READ_TIMEOUT,
         max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         timeout: float | httpx.Timeout | None = None,
@@ -244,11 +247,16 @@ class AutoProxyMiddleware:
             raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
         if max_body_size <= 0:
             raise ValueError("max_body_size must be a positive number of bytes")
+        if request_read_timeout is not None and request_read_timeout <= 0:
+            raise ValueError("request_read_timeout must be a positive number of seconds or None")
         if max_response_size <= 0 or max_event_size <= 0:
             raise ValueError("max_response_size and max_event_size must be positive byte counts")
         self.app = app
         self.router = ModelRouter(providers, model_catalog)
         self.max_body_size = max_body_size
+        self._body_deadline = (
+            None if request_read_timeout is None else Deadline(request_read_timeout)
+        )
         self._max_response_size = max_response_size
         self._max_event_size = max_event_size
         # Auth and limits live in their own modules; both validate here, at start-up.
@@ -409,7 +417,9 @@ class AutoProxyMiddleware:
             if route == "models":
                 await self._send_json(call, 200, _json.dumps(self._models_body()))
                 return
-            body = await read_body(receive, self.max_body_size, headers.content_length)
+            body = await read_body(
+                receive, self.max_body_size, headers.content_length, self._body_deadline
+            )
             digest = remembered = None
             if self._plan_memo is not None:
                 cache_caller = self._cache_caller(caller.cache_scope)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import tracemalloc
 import zlib
@@ -295,3 +296,79 @@ def test_an_event_that_never_ends_is_cut_at_the_bound(transport: str) -> None:
     assert json.loads(found[-1])["error"]["code"] == "upstream_response_too_large"
     assert len(response.content) < 64 * 1024  # nothing of the endless event got through
     assert took < 10, took
+
+
+# -- 11: a request body that trickles in -----------------------------------------------
+
+
+def read_answer(sock: socket.socket, trickle: bytes, every: float, give_up: float) -> bytes:
+    """Send ``trickle`` a byte per ``every`` s until the proxy answers (or ``give_up`` s)."""
+    sock.settimeout(every)
+    received = b""
+    deadline = time.monotonic() + give_up
+    position = 0
+    while time.monotonic() < deadline:
+        if position < len(trickle):
+            try:
+                sock.sendall(trickle[position : position + 1])
+            except OSError:
+                break
+            position += 1
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        received += chunk
+        if b"\r\n\r\n" in received:
+            head, _, rest = received.partition(b"\r\n\r\n")
+            length = [
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ]
+            if length and len(rest) >= length[0]:
+                break
+    return received
+
+
+@pytest.mark.parametrize("trickle", [True, False], ids=["trickled", "silent"])
+def test_a_body_that_does_not_arrive_in_time_gets_a_408(trickle: bool) -> None:
+    upstream = Upstream(whole(b"{}"))
+    with proxy_for(upstream, request_read_timeout=1.0) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                b"POST /v1/proxy/auto HTTP/1.1\r\nhost: proxy\r\n"
+                b"content-type: application/json\r\ncontent-length: 1000\r\n"
+                b"authorization: Bearer " + CALLER_KEY.encode() + b"\r\n\r\n"
+            )
+            started = time.monotonic()
+            body = json.dumps(chat_body("x" * 900)).encode() if trickle else b""
+            answer = read_answer(sock, body, every=0.2, give_up=6.0)
+            took = time.monotonic() - started
+            sock.settimeout(2.0)
+            try:
+                closed = sock.recv(1) == b""  # the proxy hung up: the rest is never read
+            except TimeoutError:
+                closed = False
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"connection: close" in head.lower()
+    error = json.loads(payload)["error"]
+    assert error["code"] == "request_timeout"
+    assert set(error) == {"message", "type", "param", "code"}
+    assert 0.9 <= took <= 2.5, took
+    assert closed
+    assert upstream.requests == 0
+
+
+def test_request_read_timeout_must_be_positive_or_none() -> None:
+    provider = OpenAIProvider(base_url="http://127.0.0.1:9/v1")
+    AutoProxyMiddleware(inner_app(), providers=[provider], request_read_timeout=None)
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="request_read_timeout"):
+            AutoProxyMiddleware(inner_app(), providers=[provider], request_read_timeout=bad)
