@@ -257,6 +257,22 @@ def test_a_gzip_bomb_is_refused_without_inflating_it(transport: str) -> None:
     assert upstream.requests == 3
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate"])
+def test_answers_inflated_by_the_proxy_itself_arrive_whole(encoding: str) -> None:
+    """httpx's transport: gzip and deflate are inflated a piece at a time (decoding.py),
+    which must give back exactly what httpx would have."""
+    answer = json.dumps({"id": "c1", "pad": "abc" * 100_000}).encode()
+    wbits = {"gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS, "raw-deflate": -15}
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits[encoding])
+    packed = packer.compress(answer) + packer.flush()
+    name = encoding.removeprefix("raw-").encode()
+    upstream = Upstream(whole(packed, (b"content-encoding", name)))
+    with proxy_for(upstream, http_transport="httpx", cache=None) as (url, _):
+        response = post(url, chat_body())
+    assert response.status_code == 200
+    assert response.content == answer
+
+
 # -- 12 and 13: SSE events too large, or never ending through the proxy ---------------
 
 
