@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from .deadline import Deadline
 from .errors import ProxyError
 
 Scope = MutableMapping[str, Any]
@@ -57,9 +58,29 @@ def body_too_large(limit: int) -> ProxyError:
     )
 
 
-async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes:
+def body_timed_out(seconds: float) -> ProxyError:
+    return ProxyError(
+        408,
+        f"The request body did not arrive within {seconds:g} s.",
+        code="request_timeout",
+        headers=[("connection", "close")],  # the rest of the body is never read
+    )
+
+
+async def read_body(
+    receive: Receive, limit: int, content_length: bytes | None, deadline: Deadline | None = None
+) -> bytes:
     """Read the whole body, refusing (413) as soon as it passes ``limit`` bytes, or at
-    once when the request's ``content_length`` header says it will."""
+    once when the request's ``content_length`` header says it will; and refusing (408)
+    when it is not all in before the ``deadline``.
+
+    The deadline is for the whole body, not each message: a client that trickles a
+    byte at a time (slow-loris) must not hold a connection and a task for ever. The
+    headers before it are the server's to time, and uvicorn does not: its
+    ``--timeout-keep-alive`` only runs between requests (h11 at least caps headers at
+    16 KiB; httptools, its default when installed, does not cap them at all). In front
+    of untrusted clients, put a proxy that times them (nginx's ``client_header_timeout``).
+    """
     if content_length is not None:
         try:
             declared = int(content_length)
@@ -67,6 +88,15 @@ async def read_body(receive: Receive, limit: int, content_length: bytes | None) 
             raise ProxyError(400, "Invalid Content-Length header.") from None
         if declared > limit:
             raise body_too_large(limit)
+    if deadline is None:
+        return await _read(receive, limit)
+    body = await deadline.run(_read(receive, limit))
+    if body is None:
+        raise body_timed_out(deadline.seconds)
+    return body
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
     parts: list[bytes] = []
     size = 0
     while True:

@@ -15,7 +15,8 @@ Rules, in short:
   after an exponential, jittered backoff, or the upstream's ``Retry-After`` up to a cap.
   No attempt starts after the policy's ``deadline``.
 - A whole (non-streaming) answer is read here, so a connection lost mid-body fails over
-  too. A stream is returned after its first SSE data event: an upstream that answers
+  too; one past ``max_response_size`` does not, it is a 502 at once. A stream is
+  returned after its first SSE data event: an upstream that answers
   200 and then at once an error event still fails over. Once the middleware starts
   relaying, nothing fails over any more: the caller may have seen bytes. With a sole
   provider and no retries there is nothing to fail over to, so a stream is returned as
@@ -38,7 +39,7 @@ from typing import Literal, get_args
 import anyio
 import httpx
 
-from .errors import ProxyError, bad_request
+from .errors import ProxyError, ResponseTooLarge, bad_request, upstream_too_large
 from .providers.base import Provider, UpstreamRequest, UpstreamResponse
 from .sse import EventSplitter, event_data, is_error
 
@@ -215,11 +216,15 @@ class Dispatcher:
                 return await _failed_response(provider, response)
             if request.stream and response.status == 200 and response.is_event_stream:
                 return await _peeked(provider, response) if peek else response
-            body = await response.read()
+            body = await response.read(request.max_response_size)
             await response.aclose()
             return UpstreamResponse.from_bytes(
                 response.status, body, response.headers, called=response.called
             )
+        except ResponseTooLarge as exceeded:
+            # Not a failure to fail over from: the same request would likely get the same.
+            await _close_quietly(response)
+            raise upstream_too_large(provider.name, exceeded) from None
         except httpx.TimeoutException:
             await _close_quietly(response)
             return _Failure(provider, "timed out", timed_out=True)

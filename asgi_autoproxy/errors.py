@@ -90,6 +90,31 @@ def upstream_stream_broken(provider: str, reason: str) -> ProxyError:
     )
 
 
+class ResponseTooLarge(Exception):
+    """An upstream answer, or one SSE event of a stream, passed the proxy's size bound.
+
+    Raised by ``UpstreamResponse.read`` and ``EventSplitter.feed`` as soon as the bound
+    is passed, so that nothing past it is read or kept. ``events``: from ``feed``, the
+    whole events that came before the oversized one in the same chunk.
+    """
+
+    def __init__(self, limit: int, what: str = "answer", events: list[bytes] | None = None) -> None:
+        super().__init__(f"upstream {what} larger than {limit} bytes")
+        self.limit = limit
+        self.what = what
+        self.events = events or []
+
+
+def upstream_too_large(provider: str, exceeded: ResponseTooLarge) -> ProxyError:
+    return ProxyError(
+        502,
+        f"Provider {provider!r} sent an {exceeded.what} larger than the proxy's limit of "
+        f"{exceeded.limit} bytes.",
+        type="upstream_error",
+        code="upstream_response_too_large",
+    )
+
+
 def internal_error() -> ProxyError:
     return ProxyError(
         500,

@@ -45,15 +45,18 @@ from .cache.plan_memo import PlanMemo, request_digest
 from .cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL, CacheDecision, decide
 from .cache.store import CacheStats, ResponseCache
 from .clients import DEFAULT_TIMEOUT, SharedClients, TransportChoice, default_client_factory
+from .deadline import Deadline
 from .dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
 from .errors import (
     ProxyError,
+    ResponseTooLarge,
     bad_request,
     internal_error,
     server_shutting_down,
     unauthorized,
     upstream_stream_broken,
     upstream_timeout,
+    upstream_too_large,
     upstream_unreachable,
 )
 from .headers import RequestHeaders, looks_like_key, replayed_on_hits
@@ -95,6 +98,12 @@ _ID_PREFIX = os.urandom(8).hex()
 _id_counter = itertools.count(1)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
+DEFAULT_REQUEST_READ_TIMEOUT = 30.0
+DEFAULT_MAX_RESPONSE_SIZE = 32 * 1024 * 1024
+# Chat deltas are well under 1 KiB; the largest events seen carry a whole base64 image
+# or audio clip, a few MB. 4 MiB leaves room for those and still caps what an event
+# that never ends can cost each stream.
+DEFAULT_MAX_EVENT_SIZE = 4 * 1024 * 1024
 DEFAULT_STREAM_IDLE_TIMEOUT = 120.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
 _LAST_WORDS_WAIT = 1.0
@@ -209,6 +218,9 @@ class AutoProxyMiddleware:
         model_catalog: Mapping[str, str] | None = None,
         sibling_routes: bool = True,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        request_read_timeout: float | None = DEFAULT_REQUEST_READ_TIMEOUT,
+        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         timeout: float | httpx.Timeout | None = None,
         http_client: httpx.AsyncClient | None = None,
         cache: CacheBackend | _Default | None = _DEFAULT,
@@ -238,9 +250,18 @@ class AutoProxyMiddleware:
             raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
         if max_body_size <= 0:
             raise ValueError("max_body_size must be a positive number of bytes")
+        if request_read_timeout is not None and request_read_timeout <= 0:
+            raise ValueError("request_read_timeout must be a positive number of seconds or None")
+        if max_response_size <= 0 or max_event_size <= 0:
+            raise ValueError("max_response_size and max_event_size must be positive byte counts")
         self.app = app
         self.router = ModelRouter(providers, model_catalog)
         self.max_body_size = max_body_size
+        self._body_deadline = (
+            None if request_read_timeout is None else Deadline(request_read_timeout)
+        )
+        self._max_response_size = max_response_size
+        self._max_event_size = max_event_size
         # Auth and limits live in their own modules; both validate here, at start-up.
         self._auth = CallerAuth(
             self.router.providers,
@@ -429,7 +450,9 @@ class AutoProxyMiddleware:
                     raise _missing_key(self._forwards_key)
                 await self._send_json(call, 200, _json.dumps(self._models_body()))
                 return
-            body = await read_body(receive, self.max_body_size, headers.content_length)
+            body = await read_body(
+                receive, self.max_body_size, headers.content_length, self._body_deadline
+            )
             digest = remembered = None
             if self._plan_memo is not None:
                 cache_caller = self._cache_caller(caller.cache_scope)
@@ -458,6 +481,8 @@ class AutoProxyMiddleware:
                 credential=credential,
                 request_id=call.request_id,
                 endpoint_name=headers.endpoint_name,
+                max_response_size=self._max_response_size,
+                max_event_size=self._max_event_size,
             )
             plan = self._cache_plan(headers, request, candidates, caller)
             if digest is not None and plan is not None and plan.decision.read:
@@ -729,15 +754,20 @@ class AutoProxyMiddleware:
             flight.start(200, headers, stream=True)
         await call.start_stream([*headers, _MISS])
         call.trace.provider, call.trace.cache = provider.name, "MISS" if plan else None
-        splitter = EventSplitter()
+        splitter = EventSplitter(self._max_event_size)
         audit = StreamAudit()  # how the stream ends, malformed events, token usage
         broken: str | None = None
+        too_large: ResponseTooLarge | None = None
         async with idle_limit(self._stream_idle_timeout) as idle:
             try:
                 idle.waiting()
                 async for chunk in response.chunks:
                     idle.arrived()
-                    events = audit.accept(splitter.feed(chunk))
+                    try:
+                        found = splitter.feed(chunk)
+                    except ResponseTooLarge as exceeded:  # relay the events before it
+                        found, too_large = exceeded.events, exceeded
+                    events = audit.accept(found)
                     if events and self._secrets:  # whole events: a key never straddles two
                         events = [scrub(event, self._secrets) for event in events]
                     if events:
@@ -748,13 +778,19 @@ class AutoProxyMiddleware:
                     if audit.malformed:
                         broken = "it sent an event that is not valid JSON"
                         break
+                    if too_large is not None:
+                        break
                     idle.waiting()
+            except ResponseTooLarge as exceeded:  # from a provider's own splitter
+                too_large = exceeded
             except httpx.TimeoutException:
                 broken = "no data arrived within the read timeout"
             except httpx.TransportError:
                 broken = "the connection was lost"
         if idle.expired:
             broken = f"no data arrived for {idle.seconds:g} s"
+        if too_large is not None:
+            broken = f"it sent an event larger than {too_large.limit} bytes"
         call.trace.usage = audit.usage
         failed = audit.failed
         if broken is None and not audit.finished:
@@ -767,7 +803,11 @@ class AutoProxyMiddleware:
                 call.request_id,
                 broken,
             )
-            error = upstream_stream_broken(provider.name, broken)
+            error = (
+                upstream_stream_broken(provider.name, broken)
+                if too_large is None
+                else upstream_too_large(provider.name, too_large)
+            )
             call.trace.error = error.code
             tail = error_event(error.to_dict())
         if flight is not None:

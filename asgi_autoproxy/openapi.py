@@ -71,6 +71,7 @@ def _proxy_responses() -> dict[str, Any]:
         "400": _error("Malformed body, unknown model or nesting too deep."),
         "401": _error("Missing or invalid API key.", "www-authenticate"),
         "405": _error("Wrong method for this route."),
+        "408": _error("The body did not arrive within the proxy's time limit."),
         "413": _error("Body larger than the proxy's limit."),
         "429": _error("Caller over its rate limit, or the provider's.", "retry-after"),
         "431": _error("Too many or too large request headers."),

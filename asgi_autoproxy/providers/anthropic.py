@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 import httpx
 
 from .. import _json
+from ..errors import ResponseTooLarge
 from ..sse import EventSplitter, event_data, event_name
 from .anthropic_request import DEFAULT_MAX_TOKENS, to_messages_request
 from .anthropic_response import (
@@ -77,12 +78,12 @@ class AnthropicProvider(HTTPProvider):
             return UpstreamResponse(
                 status=200,
                 headers=[*passed, _EVENT_STREAM],
-                chunks=_translated_events(answer.chunks, translator),
+                chunks=_translated_events(answer.chunks, translator, request.max_event_size),
                 aclose=answer.aclose,
                 called=answer.called,
             )
         try:
-            raw = await answer.read()
+            raw = await answer.read(request.max_response_size)
         finally:
             await answer.aclose()
         called = answer.called
@@ -114,12 +115,17 @@ class AnthropicProvider(HTTPProvider):
 
 
 async def _translated_events(
-    chunks: AsyncIterator[bytes], translator: StreamTranslator
+    chunks: AsyncIterator[bytes], translator: StreamTranslator, max_event_size: int | None
 ) -> AsyncIterator[bytes]:
-    splitter = EventSplitter()
+    splitter = EventSplitter(max_event_size)
     async for chunk in chunks:
         out: list[bytes] = []
-        for event in splitter.feed(chunk):
+        too_large: ResponseTooLarge | None = None
+        try:
+            found = splitter.feed(chunk)
+        except ResponseTooLarge as exceeded:  # translate the events before it first
+            found, too_large = exceeded.events, exceeded
+        for event in found:
             data = event_data(event)
             if not data:
                 continue
@@ -139,6 +145,8 @@ async def _translated_events(
             yield b"".join(out)
         if translator.finished:
             return
+        if too_large is not None:
+            raise too_large
 
 
 def _as_stream(completion: bytes, headers: list[tuple[str, str]]) -> UpstreamResponse:

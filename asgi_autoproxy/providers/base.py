@@ -11,6 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from ..clients import direct_lane
+from ..decoding import decoded_chunks
+from ..errors import ResponseTooLarge
 from ..headers import filter_upstream_headers
 
 Endpoint = Literal["chat", "completion"]
@@ -37,6 +39,10 @@ class UpstreamRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     endpoint_name: str | None = None
     """The provider the caller asked for by name (``x-bt-endpoint-name``), if any."""
+    max_response_size: int | None = None
+    """The most bytes of a whole answer to read, decoded; pass it to ``read``."""
+    max_event_size: int | None = None
+    """The most bytes of one SSE event; pass it to ``EventSplitter``."""
 
 
 def shown_url(url: str | httpx.URL) -> str:
@@ -70,9 +76,17 @@ class UpstreamResponse:
                 return value.lower().startswith("text/event-stream")
         return False
 
-    async def read(self) -> bytes:
-        parts = [chunk async for chunk in self.chunks]
-        return b"".join(parts)
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body. Past ``limit`` bytes it raises ``ResponseTooLarge`` and reads
+        no further; the caller still calls ``aclose``."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks:
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise ResponseTooLarge(limit)
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     @classmethod
     def from_httpx(cls, response: httpx.Response, called: str | None = None) -> UpstreamResponse:
@@ -87,7 +101,7 @@ class UpstreamResponse:
         return cls(
             status=response.status_code,
             headers=filter_upstream_headers(response.headers.multi_items()),
-            chunks=response.aiter_bytes(),
+            chunks=decoded_chunks(response),
             aclose=response.aclose,
             called=called,
         )
