@@ -741,12 +741,13 @@ class AutoProxyMiddleware:
         if flight.state == "abandoned":
             return False
         call.trace.cache = "COALESCED"
-        if flight.state == "failed":
+        if flight.state == "failed":  # an error is never a hit
             assert flight.error is not None
-            await self._send_error(call, flight.error)
+            await self._send_error(call, flight.error, label=_MISS)
             return True
         if not flight.stream:
-            await call.respond(flight.status, b"".join(flight.parts), [*flight.headers, _HIT])
+            label = _MISS if flight.status >= 400 else _HIT
+            await call.respond(flight.status, b"".join(flight.parts), [*flight.headers, label])
             return True
         await call.start_stream([*flight.headers, _HIT])
         sent = 0
@@ -784,12 +785,16 @@ class AutoProxyMiddleware:
     async def _send_json(self, call: _Call, status: int, body: bytes) -> None:
         await call.respond(status, body, [JSON_CONTENT_TYPE])
 
-    async def _send_error(self, call: _Call, error: ProxyError) -> None:
+    async def _send_error(
+        self, call: _Call, error: ProxyError, *, label: tuple[bytes, bytes] | None = None
+    ) -> None:
         call.trace.error = error.code
         if call.started:
             # Too late for a status: the stream already ended or carries its own error.
             return
         headers = [JSON_CONTENT_TYPE, *encode_headers(error.headers)]
+        if label is not None:
+            headers.append(label)
         await call.respond(error.status, error.to_body(), headers)
 
     def _models_body(self) -> dict[str, Any]:
