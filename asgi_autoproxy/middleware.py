@@ -747,15 +747,17 @@ class AutoProxyMiddleware:
             call.trace.error = error.code
             tail = error_event(error.to_dict())
         if flight is not None:
-            if broken is not None:
-                flight.break_stream(tail)
-            else:
-                flight.complete()
             if plan is not None and plan.decision.write and broken is None and not failed:
+                # Stored before the flight ends: its end ends the caller's stream too, and
+                # a caller that read it all and asks again must find the entry.
                 assert self._cache is not None
                 stored = replayed_on_hits(flight.headers)
                 entry = CachedResponse(200, stored, tuple(flight.parts), True, self._cache.clock())
                 await self._cache.put(plan.key, entry, plan.decision.ttl)
+            if broken is not None:
+                flight.break_stream(tail)
+            else:
+                flight.complete()
         return tail
 
     async def _follow(self, call: _Call, flight: Flight, receive: Receive) -> bool:
