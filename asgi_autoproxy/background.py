@@ -95,6 +95,54 @@ class beside:  # lower case: used like a function, ``async with beside(helper):`
         return None
 
 
+class along:  # lower case, like beside
+    """Run ``work()`` beside the block, in a task of its own from the next loop turn.
+
+    Unlike ``beside`` this is work, not a watcher: it starts at once, and the block's end
+    waits for it to finish, or cancels it (and waits) when the block raises. On asyncio
+    it is a bare task, without a task group's cost on the way to a stream's first byte.
+    """
+
+    __slots__ = ("_group", "_task", "_work")
+
+    def __init__(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._work = work
+        self._task: asyncio.Task[None] | None = None
+        self._group: TaskGroup | None = None
+
+    async def __aenter__(self) -> None:
+        if on_asyncio():
+            self._task = asyncio.ensure_future(self._work())
+            return
+        self._group = group = anyio.create_task_group()
+        await group.__aenter__()
+        group.start_soon(self._work)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        task = self._task
+        if task is not None:
+            if exc_type is None:
+                await task  # a cancel of this task reaches the awaited one too
+                return None
+            task.cancel()
+            await asyncio.wait([task])
+            _report(task)
+            return None
+        group = self._group
+        assert group is not None
+        if exc_type is not None:
+            group.cancel_scope.cancel()
+            # As in beside: the block's own exception goes on bare.
+            await group.__aexit__(None, None, None)
+            return None
+        return await group.__aexit__(None, None, None)
+
+
 class TaskCancelScope:
     """``async with TaskCancelScope() as scope:``; ``scope.cancel()`` stops the block,
     from any task, and the block then ends quietly (``cancelled`` says so).

@@ -115,6 +115,16 @@ def upstream_too_large(provider: str, exceeded: ResponseTooLarge) -> ProxyError:
     )
 
 
+def client_too_slow(max_lag: int) -> ProxyError:
+    return ProxyError(
+        503,
+        "This stream was shared with identical requests and this client fell more than "
+        f"{max_lag} bytes behind the fastest of them, so it was cut. Read faster or retry.",
+        type="server_error",
+        code="client_too_slow",
+    )
+
+
 def internal_error() -> ProxyError:
     return ProxyError(
         500,

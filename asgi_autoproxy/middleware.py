@@ -35,10 +35,10 @@ from .asgi import (
     route_path,
 )
 from .auth import Authenticate, Caller, CallerAuth
-from .background import TaskCancelScope, beside
+from .background import TaskCancelScope, along, beside
 from .cache.base import CacheBackend
 from .cache.entry import CachedResponse
-from .cache.flight import Flight
+from .cache.flight import DEFAULT_MAX_LAG, Flight, Listener
 from .cache.keys import SHARED_CALLER, EntryKey, entry_key
 from .cache.memory import MemoryCache
 from .cache.plan_memo import PlanMemo, request_digest
@@ -51,6 +51,7 @@ from .errors import (
     ProxyError,
     ResponseTooLarge,
     bad_request,
+    client_too_slow,
     internal_error,
     server_shutting_down,
     unauthorized,
@@ -113,6 +114,12 @@ _LAST_WORDS_WAIT = 1.0
 _HIT = (b"x-bt-cached", b"HIT")
 _MISS = (b"x-bt-cached", b"MISS")
 _MAX_FOLLOW_ATTEMPTS = 3
+DEFAULT_MAX_FOLLOWER_LAG = DEFAULT_MAX_LAG
+# How far a shared stream is read ahead of its fastest client: a little, so that reading
+# the upstream and writing to the clients overlap, yet the upstream still waits for them.
+_READ_AHEAD = 64 * 1024
+# How long a client dropped as too slow gets to take its error event before it is cut.
+_DROPPED_GRACE = 5.0
 
 
 def _ignore() -> None:
@@ -229,6 +236,7 @@ class AutoProxyMiddleware:
         share_cache_across_callers: bool = False,
         cache_clock: Callable[[], float] = time.time,
         coalesce_timeout: float = 60.0,
+        max_follower_lag: int = DEFAULT_MAX_FOLLOWER_LAG,
         load_balancing: LoadBalancing = "ordered",
         weights: Mapping[str, float] | None = None,
         retry: RetryPolicy | None = None,
@@ -310,6 +318,9 @@ class AutoProxyMiddleware:
         if coalesce_timeout <= 0:
             raise ValueError("coalesce_timeout must be a positive number of seconds")
         self._coalesce_timeout = coalesce_timeout
+        if max_follower_lag <= 0:
+            raise ValueError("max_follower_lag must be a positive number of bytes")
+        self._max_follower_lag = max_follower_lag
         self._flights: dict[str, Flight] = {}
         # Several providers for one model: balancing, failover, retries (dispatch.py).
         self._dispatcher = Dispatcher(
@@ -610,7 +621,7 @@ class AutoProxyMiddleware:
         receive: Receive,
     ) -> None:
         """Call upstream and relay, stopping when nobody listens any more."""
-        flight = Flight() if plan is not None else None
+        flight = Flight(self._max_follower_lag) if plan is not None else None
         registered = plan is not None and plan.decision.read and flight is not None
         if registered:
             assert plan is not None and flight is not None
@@ -622,8 +633,10 @@ class AutoProxyMiddleware:
                     flight.on_abandon(scope.cancel)
 
                 def caller_gone() -> None:
-                    if flight is None or flight.leader_left():
+                    if flight is None:
                         scope.cancel()
+                    else:  # the flight stops the call once no follower listens either
+                        flight.leader.leave()
 
                 call.on_gone = caller_gone
                 async with beside(lambda: _watch_disconnect(receive, call)):
@@ -754,6 +767,28 @@ class AutoProxyMiddleware:
             flight.start(200, headers, stream=True)
         await call.start_stream([*headers, _MISS])
         call.trace.provider, call.trace.cache = provider.name, "MISS" if plan else None
+        if flight is None or plan is None or self._flights.get(plan.key.key) is not flight:
+            # Nobody can join: the caller's socket paces the upstream, as for any proxy.
+            tail = await self._read_stream(call, provider, response, plan, flight, shared=False)
+            await call.end_stream(tail)
+            return
+        # Followers may join: the caller's client takes the stream from the flight at its
+        # own pace, like theirs (_send_flight), so that its socket holds back nobody else.
+        async with along(lambda: self._send_flight(call, flight, flight.leader)):
+            await self._read_stream(call, provider, response, plan, flight, shared=True)
+
+    async def _read_stream(
+        self,
+        call: _Call,
+        provider: Provider,
+        response: UpstreamResponse,
+        plan: _CachePlan | None,
+        flight: Flight | None,
+        *,
+        shared: bool,
+    ) -> bytes:
+        """Relay the upstream's events to ``call``, or into a ``shared`` flight; store a
+        whole stream. Returns the error event that ends a broken stream, else b""."""
         splitter = EventSplitter(self._max_event_size)
         audit = StreamAudit()  # how the stream ends, malformed events, token usage
         broken: str | None = None
@@ -774,7 +809,11 @@ class AutoProxyMiddleware:
                         if flight is not None:
                             for event in events:
                                 flight.publish(event)
-                        await call.emit(events[0] if len(events) == 1 else b"".join(events))
+                        if shared:
+                            assert flight is not None
+                            await flight.pace(_READ_AHEAD)
+                        else:
+                            await call.emit(events[0] if len(events) == 1 else b"".join(events))
                     if audit.malformed:
                         broken = "it sent an event that is not valid JSON"
                         break
@@ -811,64 +850,87 @@ class AutoProxyMiddleware:
             call.trace.error = error.code
             tail = error_event(error.to_dict())
         if flight is not None:
+            if plan is not None and plan.decision.write and broken is None and not failed:
+                # Stored before the flight ends: its end ends the caller's stream too, and
+                # a caller that read it all and asks again must find the entry.
+                assert self._cache is not None
+                stored = replayed_on_hits(flight.headers)
+                entry = CachedResponse(200, stored, tuple(flight.parts), True, self._cache.clock())
+                await self._cache.put(plan.key, entry, plan.decision.ttl)
             if broken is not None:
                 flight.break_stream(tail)
             else:
                 flight.complete()
-            if plan is not None and plan.decision.write and broken is None and not failed:
-                assert self._cache is not None
-                entry = CachedResponse(
-                    200, replayed_on_hits(headers), tuple(flight.parts), True, self._cache.clock()
-                )
-                await self._cache.put(plan.key, entry, plan.decision.ttl)
-        await call.end_stream(tail)
+        return tail
 
     async def _follow(self, call: _Call, flight: Flight, receive: Receive) -> bool:
         """Answer from a leader's flight; False when the leader gave up and we must retry."""
         assert self._cache is not None
         self._cache.stats.coalesced += 1
-        flight.followers += 1
+        listener = flight.listen()
         served = True
         try:
             async with TaskCancelScope() as scope:
                 call.on_gone = scope.cancel
                 async with beside(lambda: _watch_disconnect(receive, call)):
-                    served = await self._consume(call, flight)
+                    served = await self._consume(call, flight, listener)
         finally:
-            flight.follower_left()
+            listener.leave()
         return served
 
-    async def _consume(self, call: _Call, flight: Flight) -> bool:
+    async def _consume(self, call: _Call, flight: Flight, listener: Listener) -> bool:
         while not flight.started:
             await flight.changed()
         if flight.state == "abandoned":
             return False
         call.trace.cache = "COALESCED"
-        if flight.state == "failed":
+        if flight.state == "failed":  # an error is never a hit
             assert flight.error is not None
-            await self._send_error(call, flight.error)
+            await self._send_error(call, flight.error, label=_MISS)
             return True
         if not flight.stream:
-            await call.respond(flight.status, b"".join(flight.parts), [*flight.headers, _HIT])
+            label = _MISS if flight.status >= 400 else _HIT
+            await call.respond(flight.status, b"".join(flight.parts), [*flight.headers, label])
             return True
         await call.start_stream([*flight.headers, _HIT])
+        await self._send_flight(call, flight, listener)
+        return True
+
+    async def _send_flight(self, call: _Call, flight: Flight, listener: Listener) -> None:
+        """Send a streamed flight to one client (the leader's or a follower's) at that
+        client's own pace, then end it; ``Flight.pace`` drops a client too far behind."""
         sent = 0
-        while True:
-            if sent < len(flight.parts):
-                pending = flight.parts[sent:]
-                sent += len(pending)
-                await call.emit(b"".join(pending))
-            elif flight.done:
-                break
-            else:
-                await flight.changed()
+        async with TaskCancelScope() as dropped:
+            flight.sit(listener, dropped.cancel)
+            while call.connected:
+                if sent < len(flight.parts):
+                    pending = flight.parts[sent:]
+                    sent += len(pending)
+                    data = pending[0] if len(pending) == 1 else b"".join(pending)
+                    flight.took(listener, len(data))
+                    await call.emit(data)
+                elif flight.done:
+                    break
+                else:
+                    await flight.changed()
+        listener.leave()
+        if dropped.cancelled:
+            error = client_too_slow(flight.max_lag)
+            call.trace.error = error.code
+            # The event waits for the client to read; past the grace it is cut (the
+            # server closes a connection whose response did not end).
+            with anyio.move_on_after(_DROPPED_GRACE):
+                await call.end_stream(error_event(error.to_dict()))
+            # Nothing more goes out, a shutdown's last words included: the leader's task
+            # may read on for the followers long after its own client was dropped.
+            call.connected = False
+            return
         tail = flight.broken_tail
         if flight.state in ("failed", "abandoned") and not tail:
             tail = error_event(
                 upstream_stream_broken("coalesced", "the request it joined was abandoned").to_dict()
             )
         await call.end_stream(tail)
-        return True
 
     async def _send_hit(self, call: _Call, entry: CachedResponse) -> None:
         assert self._cache is not None
@@ -901,12 +963,16 @@ class AutoProxyMiddleware:
     async def _send_json(self, call: _Call, status: int, body: bytes) -> None:
         await call.respond(status, body, [JSON_CONTENT_TYPE])
 
-    async def _send_error(self, call: _Call, error: ProxyError) -> None:
+    async def _send_error(
+        self, call: _Call, error: ProxyError, *, label: tuple[bytes, bytes] | None = None
+    ) -> None:
         call.trace.error = error.code
         if call.started:
             # Too late for a status: the stream already ended or carries its own error.
             return
         headers = [JSON_CONTENT_TYPE, *encode_headers(error.headers)]
+        if label is not None:
+            headers.append(label)
         await call.respond(error.status, error.to_body(), headers)
 
     def _models_body(self) -> dict[str, Any]:
