@@ -182,6 +182,14 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "(env AUTOPROXY_SHUTDOWN_GRACE; default %(default)s)",
     )
     parser.add_argument(
+        "--request-read-timeout",
+        type=_seconds,
+        default=env.get("AUTOPROXY_REQUEST_READ_TIMEOUT", "30"),
+        metavar="SECONDS",
+        help="a request's line and headers, and then its body, must each arrive within this "
+        "long, else it gets a 408 (env AUTOPROXY_REQUEST_READ_TIMEOUT; default %(default)s)",
+    )
+    parser.add_argument(
         "--gc-freeze",
         action=argparse.BooleanOptionalAction,
         default=not _env_flag(env, "AUTOPROXY_NO_GC_FREEZE"),
@@ -222,6 +230,7 @@ def build_app(
         api_keys=client_keys(env.get("AUTOPROXY_CLIENT_KEYS")),
         allow_anonymous=bool(args.allow_anonymous),
         shutdown_grace=float(args.shutdown_grace),
+        request_read_timeout=float(args.request_read_timeout),
     )
 
 
@@ -288,8 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(f"{parser.prog}: error: {error}{advice}", file=sys.stderr)
         return 2
+    from ._server import guarded_http_protocol
+
     config = uvicorn.Config(
         app,
+        http=guarded_http_protocol(header_timeout=args.request_read_timeout),
         host=args.host,
         port=args.port,
         loop=args.loop,
