@@ -1,20 +1,22 @@
 """asgi_autoproxy: an OpenAI-compatible LLM proxy endpoint inside any ASGI app."""
 
-from .auth import Authenticate, client_keys_from_env
-from .cache.base import CacheBackend, SharedLockBackend
-from .cache.memory import MemoryCache, MemoryCacheStats
-from .cache.policy import CacheDecision
-from .cache.redis import RedisCache  # imports redis only when a RedisCache is made
-from .cache.store import CacheStats
-from .catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
-from .dispatch import Cooldown, LoadBalancing, RetryPolicy
-from .errors import ProxyError
-from .heap import freeze_startup_heap
-from .limits import RateLimit
-from .middleware import AutoProxyMiddleware
-from .observability import CacheStatus, RequestHook, RequestRecord, TokenUsage
-from .openapi import openapi_document
-from .providers import (
+from asgi_autoproxy._cache.backends.base import CacheBackend, SharedLockBackend
+from asgi_autoproxy._cache.backends.memory import MemoryCache, MemoryCacheStats
+from asgi_autoproxy._cache.backends.redis import (
+    RedisCache,  # imports redis only when a RedisCache is made
+)
+from asgi_autoproxy._cache.policy import CacheDecision
+from asgi_autoproxy._cache.store import CacheStats
+from asgi_autoproxy._gate.auth import Authenticate, client_keys_from_env
+from asgi_autoproxy._gate.limits import RateLimit
+from asgi_autoproxy._heap import freeze_startup_heap
+from asgi_autoproxy._routing.catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
+from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
+from asgi_autoproxy.errors import ProxyError
+from asgi_autoproxy.middleware import AutoProxyMiddleware
+from asgi_autoproxy.observability import CacheStatus, RequestHook, RequestRecord, TokenUsage
+from asgi_autoproxy.openapi import openapi_document
+from asgi_autoproxy.providers import (
     AnthropicProvider,
     AzureOpenAIProvider,
     Endpoint,

@@ -16,14 +16,22 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .asgi import JSON_CONTENT_TYPE, ASGIApp, Receive, Scope, Send, send_response, serve_lifespan
-from .auth import parse_client_keys as client_keys
-from .errors import ProxyError
-from .heap import freeze_startup_heap
-from .middleware import DEFAULT_SHUTDOWN_GRACE, AutoProxyMiddleware
-from .providers import OpenAIProvider
-from .providers.base import shown_url
+from asgi_autoproxy import __version__
+from asgi_autoproxy._asgi import (
+    JSON_CONTENT_TYPE,
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    send_response,
+    serve_lifespan,
+)
+from asgi_autoproxy._gate.auth import parse_client_keys as client_keys
+from asgi_autoproxy._heap import freeze_startup_heap
+from asgi_autoproxy.errors import ProxyError
+from asgi_autoproxy.middleware import DEFAULT_SHUTDOWN_GRACE, AutoProxyMiddleware
+from asgi_autoproxy.providers import OpenAIProvider
+from asgi_autoproxy.providers.base import shown_url
 
 if TYPE_CHECKING:
     import socket
@@ -297,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(f"{parser.prog}: error: {error}{advice}", file=sys.stderr)
         return 2
-    from ._server import guarded_http_protocol
+    from asgi_autoproxy._server import guarded_http_protocol
 
     config = uvicorn.Config(
         app,

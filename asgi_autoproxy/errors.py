@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from . import _json
+from asgi_autoproxy import _json
 
 
 class ProxyError(Exception):

@@ -15,14 +15,13 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import httpx
 
-from . import _json
-from .answers import StreamAudit, is_answer, json_answer
-from .asgi import (
+from asgi_autoproxy import _json
+from asgi_autoproxy._asgi import (
     JSON_CONTENT_TYPE,
     ASGIApp,
     ClientDisconnected,
@@ -34,23 +33,43 @@ from .asgi import (
     read_body,
     route_path,
 )
-from .auth import Authenticate, Caller, CallerAuth
-from .background import TaskCancelScope, along, beside
-from .cache.base import CacheBackend
-from .cache.entry import CachedResponse
-from .cache.flight import DEFAULT_MAX_LAG, Flight, Listener
-from .cache.keys import SHARED_CALLER, EntryKey, entry_key
-from .cache.memory import MemoryCache
-from .cache.plan_memo import PlanMemo, request_digest
-from .cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL, CacheDecision, decide
-from .cache.store import CacheStats, ResponseCache
-from .clients import DEFAULT_TIMEOUT, SharedClients, TransportChoice, default_client_factory
-from .deadline import Deadline
-from .dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
-from .errors import (
+from asgi_autoproxy._cache.backends.base import CacheBackend
+from asgi_autoproxy._cache.backends.memory import MemoryCache
+from asgi_autoproxy._cache.coalescing import DEFAULT_MAX_LAG, Flight, Listener
+from asgi_autoproxy._cache.entry import CachedResponse
+from asgi_autoproxy._cache.keys import SHARED_CALLER, EntryKey, entry_key
+from asgi_autoproxy._cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL, CacheDecision, decide
+from asgi_autoproxy._cache.remembered_plans import PlanMemo, request_digest
+from asgi_autoproxy._cache.store import CacheStats, ResponseCache
+from asgi_autoproxy._cancel import TaskCancelScope, along, beside
+from asgi_autoproxy._deadline import Deadline
+from asgi_autoproxy._gate.auth import Authenticate, Caller, CallerAuth
+from asgi_autoproxy._gate.limits import (
+    DEFAULT_MAX_CONCURRENT_UPSTREAM,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_COUNT,
+    DEFAULT_MAX_JSON_DEPTH,
+    RateLimit,
+    RequestLimits,
+)
+from asgi_autoproxy._headers import RequestHeaders, looks_like_key, replayed_on_hits
+from asgi_autoproxy._http.clients import (
+    DEFAULT_TIMEOUT,
+    SharedClients,
+    TransportChoice,
+    default_client_factory,
+)
+from asgi_autoproxy._idle_timeout import idle_limit
+from asgi_autoproxy._routes import Route, route_table
+from asgi_autoproxy._routing.model_router import ModelRouter
+from asgi_autoproxy._shutdown import InFlightRequests, close_backend
+from asgi_autoproxy._sse import EventSplitter, error_event
+from asgi_autoproxy._upstream.answer_checks import StreamAudit, is_answer, json_answer
+from asgi_autoproxy._upstream.dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
+from asgi_autoproxy._upstream.redact import provider_secrets, scrub, scrub_headers
+from asgi_autoproxy.errors import (
     ProxyError,
     ResponseTooLarge,
-    bad_request,
     client_too_slow,
     internal_error,
     server_shutting_down,
@@ -60,35 +79,11 @@ from .errors import (
     upstream_too_large,
     upstream_unreachable,
 )
-from .headers import RequestHeaders, looks_like_key, replayed_on_hits
-from .idle import idle_limit
-from .lifecycle import InFlightRequests, close_backend
-from .limits import (
-    DEFAULT_MAX_CONCURRENT_UPSTREAM,
-    DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MAX_HEADER_COUNT,
-    DEFAULT_MAX_JSON_DEPTH,
-    RateLimit,
-    RequestLimits,
-    check_json_depth,
-    exceeds_parser_depth,
-    too_deep,
-)
-from .observability import RequestHook, RequestReporter, RequestTrace, TokenUsage
-from .providers.base import Endpoint, Provider, UpstreamRequest, UpstreamResponse
-from .redact import provider_secrets, scrub, scrub_headers
-from .routing import ModelRouter
-from .sse import EventSplitter, error_event
+from asgi_autoproxy.observability import RequestHook, RequestReporter, RequestTrace, TokenUsage
+from asgi_autoproxy.providers.base import Endpoint, Provider, UpstreamRequest, UpstreamResponse
 
 logger = logging.getLogger("asgi_autoproxy")
 
-RouteKind = Literal["auto", "chat", "completion", "models"]
-_ROUTE_METHODS: dict[RouteKind, str] = {
-    "auto": "POST",
-    "chat": "POST",
-    "completion": "POST",
-    "models": "GET",
-}
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache, no-transform"),
@@ -292,12 +287,7 @@ class AutoProxyMiddleware:
         # Longest first, so a key that contains another is replaced whole.
         found = {s for p in self.router.providers for s in provider_secrets(p)}
         self._secrets = tuple(sorted(found, key=len, reverse=True))
-        self._routes: dict[str, RouteKind] = {path: "auto"}
-        if sibling_routes:
-            prefix = path.rsplit("/", 1)[0]
-            self._routes[f"{prefix}/chat/completions"] = "chat"
-            self._routes[f"{prefix}/completions"] = "completion"
-            self._routes[f"{prefix}/models"] = "models"
+        self._routes = route_table(path, siblings=sibling_routes)
         if timeout is None:
             client_timeout = DEFAULT_TIMEOUT
         elif isinstance(timeout, httpx.Timeout):
@@ -399,7 +389,7 @@ class AutoProxyMiddleware:
 
     # -- one proxied request ------------------------------------------------------------
 
-    async def _handle(self, route: RouteKind, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """One request, tracked for graceful shutdown and reported once it ends."""
         headers = RequestHeaders(scope["headers"])
         call = _Call(request_id=_request_id(headers.request_id, headers.credential), send=send)
@@ -420,7 +410,7 @@ class AutoProxyMiddleware:
             record = call.trace.record(
                 request_id=call.request_id,
                 method=scope["method"],
-                route=route,
+                route=route.name,
                 caller_id=None if call.caller is None else call.caller.id,
             )
             await self._reporter.report(record)
@@ -437,29 +427,29 @@ class AutoProxyMiddleware:
 
     async def _serve(
         self,
-        route: RouteKind,
+        route: Route,
         call: _Call,
         scope: Scope,
         headers: RequestHeaders,
         receive: Receive,
     ) -> None:
         try:
-            if scope["method"] != _ROUTE_METHODS[route]:
+            if scope["method"] != route.method:
                 raise ProxyError(
                     405,
-                    f"Method {scope['method']} is not allowed here; use {_ROUTE_METHODS[route]}.",
+                    f"Method {scope['method']} is not allowed here; use {route.method}.",
                     code="method_not_allowed",
-                    headers=[("allow", _ROUTE_METHODS[route])],
+                    headers=[("allow", route.method)],
                 )
             self._limits.check_headers(headers)
             caller = await self._auth.identify(headers.credential, scope)
             call.caller = caller
             if self._limits.buckets is not None:
                 self._limits.check_rate(caller.id)
-            if route == "models":
+            if route.answer is not None:
                 if caller.credential is None and self._forwards_key is not None:
                     raise _missing_key(self._forwards_key)
-                await self._send_json(call, 200, _json.dumps(self._models_body()))
+                await self._send_json(call, 200, _json.dumps(route.answer(self.router)))
                 return
             body = await read_body(
                 receive, self.max_body_size, headers.content_length, self._body_deadline
@@ -468,15 +458,14 @@ class AutoProxyMiddleware:
             if self._plan_memo is not None:
                 cache_caller = self._cache_caller(caller.cache_scope)
                 has_key = caller.credential is not None
-                digest = request_digest(route, cache_caller, has_key, headers, body)
+                digest = request_digest(route.name, cache_caller, has_key, headers, body)
                 remembered = self._plan_memo.get(digest)
                 if remembered is not None and await self._serve_cached(call, remembered):
                     return
-            payload = _parse_payload(body, self._limits.max_json_depth)
+            assert route.parse is not None and route.endpoint is not None
+            payload = route.parse(body, self._limits.max_json_depth)
             model = payload["model"]
-            endpoint: Endpoint = (
-                self.router.auto_endpoint(model, payload) if route == "auto" else route
-            )
+            endpoint: Endpoint = route.endpoint(self.router, model, payload)
             candidates = self.router.candidates(model, endpoint)
             credential = caller.credential
             if credential is None:
@@ -543,7 +532,7 @@ class AutoProxyMiddleware:
 
     async def _serve_cached(self, call: _Call, plan: _CachePlan) -> bool:
         """Answer from ``plan``'s entry; False when it is not cached. A plan remembered
-        for these very bytes (cache/plan_memo.py) gets here without any parsing."""
+        for these very bytes (_cache/remembered_plans.py) gets here without any parsing."""
         assert self._cache is not None
         entry = await self._cache.get(plan.key, max_age=plan.decision.max_age)
         if entry is None:
@@ -975,16 +964,6 @@ class AutoProxyMiddleware:
             headers.append(label)
         await call.respond(error.status, error.to_body(), headers)
 
-    def _models_body(self) -> dict[str, Any]:
-        now = int(time.time())
-        return {
-            "object": "list",
-            "data": [
-                {"id": model, "object": "model", "created": now, "owned_by": owner}
-                for model, owner in self.router.listed_models().items()
-            ],
-        }
-
 
 def _request_id(given: str | None, credential: str | None) -> str:
     """The caller's id when usable, else a new one. The id is echoed, logged and sent
@@ -999,41 +978,6 @@ def _missing_key(provider: Provider) -> ProxyError:
         "Missing API key: send 'Authorization: Bearer <key>'; "
         f"provider {provider.name!r} forwards the caller's key."
     )
-
-
-def _parse_payload(body: bytes, max_depth: int) -> dict[str, Any]:
-    if not body:
-        raise bad_request("Request body is empty; send a JSON object with a 'model'.")
-    try:
-        parsed = _json.loads(body)
-        if isinstance(parsed, dict):
-            check_json_depth(body, parsed, max_depth)
-            # Exact integers, and no repeated key: the parse keeps the last of one, and
-            # the cache key with it, while the raw body goes upstream. (The plan memo only
-            # files plans for bodies that get past this.)
-            parsed = _json.strict(body, parsed)
-    except _json.DuplicateKeyError:
-        raise bad_request(
-            "Request body has a duplicate key in one of its JSON objects; send each key once.",
-            code="invalid_json",
-        ) from None
-    except _json.JSONDecodeError as error:
-        if exceeds_parser_depth(error):
-            raise too_deep(max_depth) from None
-        raise bad_request("Request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(parsed, dict):
-        raise bad_request("Request body must be a JSON object.", code="invalid_json")
-    payload: dict[str, Any] = parsed
-    model = payload.get("model")
-    if model is None:
-        raise bad_request("Missing required field 'model'.", param="model")
-    # ASCII blanks only: the OpenAPI pattern below must mean the same in every regex dialect.
-    if not isinstance(model, str) or not model.strip(" \t\r\n"):
-        raise bad_request("Field 'model' must be a non-empty string.", param="model")
-    stream = payload.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request("Field 'stream' must be true or false.", param="stream")
-    return payload
 
 
 def _is_openai_error(body: bytes) -> bool:

@@ -86,7 +86,7 @@ def openapi_document(
 ) -> dict[str, Any]:
     """The description for a middleware built with the same ``path`` and
     ``sibling_routes``; serve it or feed it to an API tester."""
-    from . import __version__
+    from asgi_autoproxy import __version__
 
     prefix = path.rsplit("/", 1)[0]
     paths: dict[str, Any] = {

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, freeze_startup_heap
-from asgi_autoproxy.asgi import serve_lifespan
+from asgi_autoproxy._asgi import serve_lifespan
 from bench.loop_report import report_loop
 
 
@@ -41,7 +41,7 @@ def build() -> AutoProxyMiddleware:
     options: dict[str, Any] = {}
     if cache_supported():
         if os.environ.get("BENCH_CACHE") == "1":
-            from asgi_autoproxy.cache.memory import MemoryCache  # type: ignore[import-not-found]
+            from asgi_autoproxy._cache.backends.memory import MemoryCache  # type: ignore[import-not-found]
 
             max_bytes = int(os.environ.get("BENCH_CACHE_MAX_BYTES", 256 * 1024 * 1024))
             options["cache"] = MemoryCache(max_bytes=max_bytes, max_entries=1_000_000)

@@ -493,7 +493,7 @@ def cache_key_cost() -> tuple[float, float] | None:
     digest its plan is remembered under, where the build has one)."""
     try:
         from asgi_autoproxy import _json
-        from asgi_autoproxy.cache.keys import entry_key  # type: ignore[import-not-found]
+        from asgi_autoproxy._cache.keys import entry_key  # type: ignore[import-not-found]
     except ImportError:
         return None
     body = body_template(Scenario("k", "", (), prompt_bytes=1_000_000), "key")
@@ -510,8 +510,8 @@ def cache_key_cost() -> tuple[float, float] | None:
         return None
 
     try:
-        from asgi_autoproxy.cache.plan_memo import request_digest  # type: ignore[import-not-found]
-        from asgi_autoproxy.headers import RequestHeaders  # type: ignore[import-not-found]
+        from asgi_autoproxy._cache.remembered_plans import request_digest  # type: ignore[import-not-found]
+        from asgi_autoproxy._headers import RequestHeaders  # type: ignore[import-not-found]
     except ImportError:
         pass
     else:

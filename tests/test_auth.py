@@ -8,9 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, auth
-from asgi_autoproxy.asgi import Scope
-from asgi_autoproxy.cache.keys import caller_identity
+from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy._asgi import Scope
+from asgi_autoproxy._gate import auth
+from asgi_autoproxy._gate.auth import caller_identity
 from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy, chat_body, inner_app
 from tests.fake_upstream import FakeUpstream
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from asgi_autoproxy import background
-from asgi_autoproxy.background import TaskCancelScope, beside
+from asgi_autoproxy import _cancel as background
+from asgi_autoproxy._cancel import TaskCancelScope, beside
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asgi_autoproxy.cache.crypto import (
+from asgi_autoproxy._cache.crypto import (
     FORMAT_V1,
     NONCE_SIZE,
     SECRET_SIZE,

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from asgi_autoproxy import _json
-from asgi_autoproxy.cache import keys
-from asgi_autoproxy.cache.entry import CachedResponse
-from asgi_autoproxy.cache.policy import decide
+from asgi_autoproxy._cache import keys
+from asgi_autoproxy._cache.entry import CachedResponse
+from asgi_autoproxy._cache.policy import decide
 
 PAYLOADS: list[dict[str, Any]] = [
     {"model": "m"},

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
-from asgi_autoproxy.clients import default_client_factory, direct_lane
-from asgi_autoproxy.transport import AiohttpTransport
+from asgi_autoproxy._http.clients import default_client_factory, direct_lane
+from asgi_autoproxy._http.transport import AiohttpTransport
 from tests.conftest import CALLER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 from tests.servers import gzip_json_app, serve

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from asgi_autoproxy import MemoryCache, RequestRecord
-from asgi_autoproxy.cache.entry import CachedResponse
+from asgi_autoproxy._cache.entry import CachedResponse
 from tests.conftest import CALLER_KEY
 from tests.fault_upstream import FaultUpstream
 from tests.faults import fault_body, faulty_proxy, settle

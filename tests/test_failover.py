@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from asgi_autoproxy import AutoProxyMiddleware, Cooldown, OpenAIProvider, RetryPolicy
-from asgi_autoproxy.dispatch import _retry_after
+from asgi_autoproxy._upstream.dispatch import _retry_after
 from tests.conftest import SERVER_KEY, Clock, chat_body, inner_app
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerThread, serve_fleet

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import pytest
 
-from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, background, idle
+from asgi_autoproxy import AutoProxyMiddleware, MemoryCache
+from asgi_autoproxy import _cancel as background
+from asgi_autoproxy import _idle_timeout as idle
 from tests.fault_upstream import FAULTS, STREAM_ONLY, FaultUpstream
 from tests.faults import (
     IDLE_TIMEOUT,

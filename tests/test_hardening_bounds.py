@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy._sse import EventSplitter
 from asgi_autoproxy.errors import ResponseTooLarge
-from asgi_autoproxy.sse import EventSplitter
 from tests.conftest import CALLER_KEY, chat_body, inner_app
 from tests.servers import read_request, serve
 

@@ -18,16 +18,11 @@ import anyio
 import httpx
 import pytest
 
-from asgi_autoproxy import (
-    AutoProxyMiddleware,
-    MemoryCache,
-    OpenAIProvider,
-    RequestRecord,
-    background,
-    idle,
-)
+from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, OpenAIProvider, RequestRecord
+from asgi_autoproxy import _cancel as background
+from asgi_autoproxy import _idle_timeout as idle
 from asgi_autoproxy import middleware as middleware_module
-from asgi_autoproxy.background import along
+from asgi_autoproxy._cancel import along
 from tests.conftest import CALLER_KEY, MakeProxy, chat_body, inner_app
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerThread, read_request

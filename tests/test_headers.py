@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from asgi_autoproxy.headers import RequestHeaders
+from asgi_autoproxy._headers import RequestHeaders
 
 
 def test_the_first_bearer_token_is_the_credential() -> None:

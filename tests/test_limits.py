@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asgi_autoproxy import AutoProxyMiddleware, ProxyError, RateLimit
-from asgi_autoproxy.limits import TokenBuckets, check_json_depth
+from asgi_autoproxy._gate.limits import TokenBuckets, check_json_depth
 from tests.conftest import CALLER_KEY, SERVER_KEY, Clock, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 

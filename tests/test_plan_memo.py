@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from asgi_autoproxy import AutoProxyMiddleware, MemoryCache
-from asgi_autoproxy.cache.plan_memo import PlanMemo, request_digest
-from asgi_autoproxy.headers import RequestHeaders
+from asgi_autoproxy._cache.remembered_plans import PlanMemo, request_digest
+from asgi_autoproxy._headers import RequestHeaders
 from tests.conftest import CALLER_KEY, Clock, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 

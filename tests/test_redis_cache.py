@@ -18,8 +18,8 @@ import redis
 import redis.asyncio
 
 from asgi_autoproxy import RedisCache
-from asgi_autoproxy.cache.base import CacheBackend
-from asgi_autoproxy.cache.crypto import derive_key, derive_secret, seal, unseal
+from asgi_autoproxy._cache.backends.base import CacheBackend
+from asgi_autoproxy._cache.crypto import derive_key, derive_secret, seal, unseal
 from tests.redis_server import RedisServer, free_port, running_redis
 
 pytestmark = pytest.mark.anyio
@@ -216,7 +216,7 @@ def test_importing_the_package_needs_no_redis() -> None:
     result = run_python(
         "import sys; sys.modules['redis'] = None; sys.modules['cryptography'] = None\n"
         "import asgi_autoproxy\n"
-        "from asgi_autoproxy.cache.crypto import derive_key\n"
+        "from asgi_autoproxy._cache.crypto import derive_key\n"
         "assert len(derive_key(b'x')) == 64\n"
         "try:\n"
         "    asgi_autoproxy.RedisCache()\n"
@@ -230,7 +230,7 @@ def test_importing_the_package_needs_no_redis() -> None:
 def test_encryption_without_cryptography_says_how_to_install_it() -> None:
     result = run_python(
         "import sys; sys.modules['cryptography'] = None\n"
-        "from asgi_autoproxy.cache.crypto import seal\n"
+        "from asgi_autoproxy._cache.crypto import seal\n"
         "try:\n"
         "    seal(bytes(32), b'x')\n"
         "except ImportError as exc:\n"

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, RateLimit
-from asgi_autoproxy.asgi import Scope
+from asgi_autoproxy._asgi import Scope
 from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 

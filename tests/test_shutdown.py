@@ -16,8 +16,9 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, RequestRecord, lifecycle
-from asgi_autoproxy.lifecycle import InFlightRequests
+from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, RequestRecord
+from asgi_autoproxy import _shutdown as lifecycle
+from asgi_autoproxy._shutdown import InFlightRequests
 from tests.conftest import CALLER_KEY
 from tests.fault_upstream import FaultUpstream
 from tests.faults import asgi_client, event_json, fault_body, faulty_proxy, settle, sse_events

@@ -14,8 +14,8 @@ import anyio
 import httpx
 import pytest
 
-from asgi_autoproxy.clients import SharedClients, default_client_factory
-from asgi_autoproxy.transport import AiohttpTransport
+from asgi_autoproxy._http.clients import SharedClients, default_client_factory
+from asgi_autoproxy._http.transport import AiohttpTransport
 from tests.conftest import CALLER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 from tests.servers import gzip_json_app, serve

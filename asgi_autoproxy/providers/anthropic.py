@@ -7,17 +7,17 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import httpx
 
-from .. import _json
-from ..errors import ResponseTooLarge
-from ..sse import EventSplitter, event_data, event_name
-from .anthropic_request import DEFAULT_MAX_TOKENS, to_messages_request
-from .anthropic_response import (
+from asgi_autoproxy import _json
+from asgi_autoproxy._sse import EventSplitter, event_data, event_name
+from asgi_autoproxy.errors import ResponseTooLarge
+from asgi_autoproxy.providers.anthropic_request import DEFAULT_MAX_TOKENS, to_messages_request
+from asgi_autoproxy.providers.anthropic_response import (
     StreamTranslator,
     chat_completion,
     openai_error,
     translated_error,
 )
-from .base import HTTPProvider, UpstreamRequest, UpstreamResponse
+from asgi_autoproxy.providers.base import HTTPProvider, UpstreamRequest, UpstreamResponse
 
 ANTHROPIC_VERSION = "2023-06-01"
 """Pinned: newer API versions drop ``temperature`` and ``top_p``, which callers send."""

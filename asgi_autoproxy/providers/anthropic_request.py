@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _json
-from ..errors import ProxyError, bad_request
+from asgi_autoproxy import _json
+from asgi_autoproxy.errors import ProxyError, bad_request
 
 DEFAULT_MAX_TOKENS = 4096
 JSON_TOOL_NAME = "json_response"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _json
-from ..errors import error_dict
-from ..sse import DONE_EVENT, error_event
+from asgi_autoproxy import _json
+from asgi_autoproxy._sse import DONE_EVENT, error_event
+from asgi_autoproxy.errors import error_dict
 
 _FINISH_REASONS = {
     "end_turn": "stop",

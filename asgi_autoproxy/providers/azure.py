@@ -7,8 +7,14 @@ from collections.abc import Mapping, Sequence
 
 import httpx
 
-from ..errors import bad_request
-from .base import ENDPOINT_PATHS, Endpoint, HTTPProvider, UpstreamRequest, UpstreamResponse
+from asgi_autoproxy.errors import bad_request
+from asgi_autoproxy.providers.base import (
+    ENDPOINT_PATHS,
+    Endpoint,
+    HTTPProvider,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 DEFAULT_API_VERSION = "2024-10-21"
 # Azure deployment names: letters, digits, '-', '_' and '.'. Checked because the name

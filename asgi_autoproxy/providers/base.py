@@ -10,10 +10,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from ..clients import direct_lane
-from ..decoding import decoded_chunks
-from ..errors import ResponseTooLarge
-from ..headers import filter_upstream_headers
+from asgi_autoproxy._headers import filter_upstream_headers
+from asgi_autoproxy._http.clients import direct_lane
+from asgi_autoproxy._http.decoding import decoded_chunks
+from asgi_autoproxy.errors import ResponseTooLarge
 
 Endpoint = Literal["chat", "completion"]
 ENDPOINT_PATHS: dict[Endpoint, str] = {"chat": "chat/completions", "completion": "completions"}

@@ -6,7 +6,13 @@ from collections.abc import Mapping, Sequence
 
 import httpx
 
-from .base import ENDPOINT_PATHS, Endpoint, HTTPProvider, UpstreamRequest, UpstreamResponse
+from asgi_autoproxy.providers.base import (
+    ENDPOINT_PATHS,
+    Endpoint,
+    HTTPProvider,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 
 class OpenAIProvider(HTTPProvider):

@@ -19,7 +19,7 @@ from types import TracebackType
 
 import anyio
 
-from .background import TaskCancelScope, beside, on_asyncio
+from asgi_autoproxy._cancel import TaskCancelScope, beside, on_asyncio
 
 
 class IdleWatch:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .providers.base import Provider
+from asgi_autoproxy.providers.base import Provider
 
 REDACTED = b"[redacted]"
 _SHORTEST_SECRET = 8  # shorter strings would blank out ordinary words

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import anyio
 
-from . import crypto
-from .base import CacheBackend, SharedLockBackend
-from .entry import CachedResponse
-from .keys import EntryKey
-from .memory import MemoryCache
+from asgi_autoproxy._cache import crypto
+from asgi_autoproxy._cache.backends.base import CacheBackend, SharedLockBackend
+from asgi_autoproxy._cache.backends.memory import MemoryCache
+from asgi_autoproxy._cache.entry import CachedResponse
+from asgi_autoproxy._cache.keys import EntryKey
 
 logger = logging.getLogger("asgi_autoproxy.cache")
 

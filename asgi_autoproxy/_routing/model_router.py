@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .catalog import ModelCatalog
-from .errors import bad_request
-from .providers.base import Endpoint, Provider
+from asgi_autoproxy._routing.catalog import ModelCatalog
+from asgi_autoproxy.errors import bad_request
+from asgi_autoproxy.providers.base import Endpoint, Provider
 
 
 def unsupported_model(model: str) -> Exception:

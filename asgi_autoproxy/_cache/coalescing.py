@@ -17,7 +17,7 @@ from typing import Literal
 
 import anyio
 
-from ..errors import ProxyError
+from asgi_autoproxy.errors import ProxyError
 
 FlightState = Literal["pending", "streaming", "complete", "broken", "failed", "abandoned"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import _json
+from asgi_autoproxy import _json
 
 _FORMAT = 1
 

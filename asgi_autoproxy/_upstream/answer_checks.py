@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from . import _json
-from .errors import upstream_invalid_response
-from .observability import TokenUsage
-from .sse import event_data, event_name
+from asgi_autoproxy import _json
+from asgi_autoproxy._sse import event_data, event_name
+from asgi_autoproxy.errors import upstream_invalid_response
+from asgi_autoproxy.observability import TokenUsage
 
 # What a 2xx answer must hold to be cached, by endpoint: a field and its type. A new
 # route adds its row (embeddings, say: ("data", list)); an endpoint without one is never

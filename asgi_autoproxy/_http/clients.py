@@ -15,7 +15,7 @@ import anyio.lowlevel
 import httpx
 
 if TYPE_CHECKING:
-    from .transport import AiohttpTransport, DirectResponse
+    from asgi_autoproxy._http.transport import AiohttpTransport, DirectResponse
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128)
@@ -97,7 +97,7 @@ def default_client_factory(
     def make() -> httpx.AsyncClient:
         fast: AiohttpTransport | None = None
         if use_aiohttp:
-            from .transport import AiohttpTransport
+            from asgi_autoproxy._http.transport import AiohttpTransport
 
             fast = AiohttpTransport(limits=DEFAULT_LIMITS)
         client = CookielessAsyncClient(

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _json
-from .crypto import derive_key, derive_secret
+from asgi_autoproxy import _json
+from asgi_autoproxy._cache.crypto import derive_key, derive_secret
 
 KEY_VERSION = b"asgi_autoproxy/cache/v1"
 _VERSION = KEY_VERSION.decode()
@@ -29,7 +29,6 @@ try:  # the `fast` extra: BLAKE3 hashes a 1 MB body about 3x faster than SHA-256
 except ImportError:  # pragma: no cover - exercised when the extra is absent
     new_hash, _HASH_NAME = hashlib.sha256, "sha256"
 SHARED_CALLER = "shared"
-ANONYMOUS_CALLER = "anonymous"
 
 
 @dataclass(slots=True)  # not frozen: that doubles its cost, and a hit makes one
@@ -43,16 +42,6 @@ class EntryKey:
     def secret(self) -> bytes:
         """32 bytes that encrypt the entry; derived only where a backend encrypts."""
         return derive_secret(self.summary)
-
-
-def caller_identity(credential: str | None, *, authenticated: str | None = None) -> str:
-    """A stable id for the caller: the authenticated caller id when the proxy checked
-    one, else a hash of the credential (which itself is never kept)."""
-    if authenticated is not None:
-        return "caller:" + hashlib.sha256(authenticated.encode()).hexdigest()
-    if credential is None:
-        return ANONYMOUS_CALLER
-    return "key:" + hashlib.sha256(credential.encode()).hexdigest()
 
 
 def entry_key(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import importlib
 
-from .clients import aiohttp_available
+from asgi_autoproxy._http.clients import aiohttp_available
 
 
 def freeze_startup_heap() -> None:
@@ -26,6 +26,6 @@ def freeze_startup_heap() -> None:
     """
     if aiohttp_available():
         # Imported on the first proxied request otherwise: freeze its module objects too.
-        importlib.import_module("asgi_autoproxy.transport")
+        importlib.import_module("asgi_autoproxy._http.transport")
     gc.collect()
     gc.freeze()

@@ -22,10 +22,22 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal
 
-from .asgi import Scope
-from .cache.keys import caller_identity
-from .errors import ProxyError, unauthorized
-from .providers.base import Provider
+from asgi_autoproxy._asgi import Scope
+from asgi_autoproxy.errors import ProxyError, unauthorized
+from asgi_autoproxy.providers.base import Provider
+
+ANONYMOUS_CALLER = "anonymous"
+
+
+def caller_identity(credential: str | None, *, authenticated: str | None = None) -> str:
+    """A stable id for the caller: the authenticated caller id when the proxy checked
+    one, else a hash of the credential (which itself is never kept)."""
+    if authenticated is not None:
+        return "caller:" + hashlib.sha256(authenticated.encode()).hexdigest()
+    if credential is None:
+        return ANONYMOUS_CALLER
+    return "key:" + hashlib.sha256(credential.encode()).hexdigest()
+
 
 Authenticate = Callable[[str, Scope], str | Awaitable[str | None] | None]
 """``authenticate(token, scope)``, sync or async: a caller id, or None to refuse."""

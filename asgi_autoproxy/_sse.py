@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import _json
-from .errors import ResponseTooLarge
+from asgi_autoproxy import _json
+from asgi_autoproxy.errors import ResponseTooLarge
 
 DONE_EVENT = b"data: [DONE]\n\n"
 

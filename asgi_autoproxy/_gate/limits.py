@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ProxyError, bad_request
-from .headers import RequestHeaders
+from asgi_autoproxy._headers import RequestHeaders
+from asgi_autoproxy.errors import ProxyError, bad_request
 
 DEFAULT_MAX_HEADER_COUNT = 100
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from ..headers import RequestHeaders
-from .keys import new_hash
+from asgi_autoproxy._cache.keys import new_hash
+from asgi_autoproxy._headers import RequestHeaders
 
 Plan = TypeVar("Plan")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from .deadline import Deadline
-from .errors import ProxyError
+from asgi_autoproxy._deadline import Deadline
+from asgi_autoproxy.errors import ProxyError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -39,9 +39,9 @@ from typing import Literal, get_args
 import anyio
 import httpx
 
-from .errors import ProxyError, ResponseTooLarge, bad_request, upstream_too_large
-from .providers.base import Provider, UpstreamRequest, UpstreamResponse
-from .sse import EventSplitter, event_data, is_error
+from asgi_autoproxy._sse import EventSplitter, event_data, is_error
+from asgi_autoproxy.errors import ProxyError, ResponseTooLarge, bad_request, upstream_too_large
+from asgi_autoproxy.providers.base import Provider, UpstreamRequest, UpstreamResponse
 
 logger = logging.getLogger("asgi_autoproxy")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
-from ..errors import bad_request
+from asgi_autoproxy.errors import bad_request
 
 CacheMode = Literal["auto", "always", "never"]
 CACHE_MODES: tuple[CacheMode, ...] = ("auto", "always", "never")

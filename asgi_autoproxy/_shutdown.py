@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from .background import current_asyncio_task
+from asgi_autoproxy._cancel import current_asyncio_task
 
 logger = logging.getLogger("asgi_autoproxy")
 

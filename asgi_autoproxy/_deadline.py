@@ -15,8 +15,8 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from .background import current_asyncio_task
-from .idle import idle_limit
+from asgi_autoproxy._cancel import current_asyncio_task
+from asgi_autoproxy._idle_timeout import idle_limit
 
 T = TypeVar("T")
 _UNCANCEL = sys.version_info >= (3, 11)
