@@ -43,6 +43,28 @@ def filter_upstream_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[st
     return passed
 
 
+# Names the proxy itself gives upstream headers it passes on.
+_RENAMED_BY_PROXY = frozenset({"x-upstream-request-id", "x-bt-used-endpoint"})
+
+
+def answer_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """The allow-list, applied where an answer leaves the proxy, so that it holds for every
+    provider, custom ones included; encoded. A value HTTP/1.1 cannot carry (outside
+    latin-1, as a decoded non-ASCII header may be) is dropped, not a 500."""
+    passed: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "x-request-id":
+            lower = "x-upstream-request-id"
+        elif lower not in _RENAMED_BY_PROXY and not passed_to_caller(lower):
+            continue
+        try:
+            passed.append((lower.encode("latin-1"), value.encode("latin-1")))
+        except UnicodeEncodeError:
+            continue
+    return passed
+
+
 def replayed_on_hits(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
     """The encoded answer headers a cache entry keeps: all but the per-call ones."""
     return tuple(

@@ -52,7 +52,12 @@ from asgi_autoproxy._gate.limits import (
     RateLimit,
     RequestLimits,
 )
-from asgi_autoproxy._headers import RequestHeaders, looks_like_key, replayed_on_hits
+from asgi_autoproxy._headers import (
+    RequestHeaders,
+    answer_headers,
+    looks_like_key,
+    replayed_on_hits,
+)
 from asgi_autoproxy._http.clients import (
     DEFAULT_TIMEOUT,
     SharedClients,
@@ -943,8 +948,9 @@ class AutoProxyMiddleware:
     def _answer_headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
         """An upstream answer's headers, encoded, as the caller, followers and the cache
         get them: this is where every provider's answer leaves the proxy (custom ones'
-        too), so a key echoed in a passed header (``x-request-id``...) is scrubbed here."""
-        encoded = encode_headers(headers)
+        too): the allow-list applies here, and a key echoed in a passed header
+        (``x-request-id``...) is scrubbed here."""
+        encoded = answer_headers(headers)
         if self._secrets:  # none in pass-through mode: nothing to search for
             encoded = scrub_headers(encoded, self._secrets)
         return encoded
