@@ -21,7 +21,7 @@ import pytest
 from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, OpenAIProvider, RequestRecord
 from asgi_autoproxy import _cancel as background
 from asgi_autoproxy import _idle_timeout as idle
-from asgi_autoproxy import middleware as middleware_module
+from asgi_autoproxy import _pipeline as pipeline_module
 from asgi_autoproxy._cancel import along
 from tests.conftest import CALLER_KEY, MakeProxy, chat_body, inner_app
 from tests.fake_upstream import FakeUpstream
@@ -255,7 +255,7 @@ async def test_a_stalled_follower_is_dropped_with_an_error_event(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Time enough for this test to read the dropped follower's last words.
-    monkeypatch.setattr(middleware_module, "_DROPPED_GRACE", 60.0)
+    monkeypatch.setattr(pipeline_module, "_DROPPED_GRACE", 60.0)
     upstream, server, records = served(gate_at=1)
     follower: socket.socket | None = None
     try:

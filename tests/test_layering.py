@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("routing", ("_routing",)),
     ("cache", ("_cache",)),
     ("upstream", ("_upstream",)),
-    ("pipeline", ("_routes", "_pipeline", "_shutdown")),
+    ("pipeline", ("_call", "_routes", "_pipeline", "_shutdown")),
     ("middleware", ("middleware",)),
     ("entry points", ("cli", "_server", "_heap", "openapi", "__init__", "__main__")),
 ]

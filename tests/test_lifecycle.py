@@ -128,9 +128,13 @@ async def test_injected_client_is_used_and_left_open(
         assert not injected.is_closed
         await app.aclose()
         assert not injected.is_closed
-        # Still usable after the middleware's shutdown.
-        await post_some(app, 1)
-        assert upstream.calls == 3
+        # Closed for good (issue 19: no use after aclose()), the user's client untouched.
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as h:
+            late = await h.post("/v1/proxy/auto", json=chat_body("late"))
+        assert late.status_code == 503
+        assert upstream.calls == 2
+        assert not injected.is_closed
 
 
 async def test_works_without_any_lifespan(make_proxy: MakeProxy, upstream: FakeUpstream) -> None:
