@@ -49,7 +49,7 @@ class InFlightRequests:
         try:
             await request
         except asyncio.CancelledError:
-            if task not in self._cut or _uncancel(task) > 0:
+            if task not in self._cut or task.uncancel() > 0:
                 raise  # not ours, or someone else cancelled the task as well
             return True
         finally:
@@ -105,12 +105,6 @@ class InFlightRequests:
         finally:
             draining.set()
             self._emptied = self._draining = None
-
-
-def _uncancel(task: asyncio.Task[Any]) -> int:
-    """Take back drain's cancel request (3.11+ counts them); the requests still pending."""
-    uncancel = getattr(task, "uncancel", None)
-    return 0 if uncancel is None else int(uncancel())
 
 
 async def close_backend(backend: object) -> None:
