@@ -26,7 +26,9 @@ _CUT_WAIT = 5.0
 
 class InFlightRequests:
     """On asyncio a request is tracked by its task, which drain cancels: a cancel scope
-    per request costs several µs on the cache-hit path. Other event loops get a scope."""
+    per request costs several µs on the cache-hit path (timeit, Python 3.11, 2-core VM:
+    ``run`` about 0.8 µs over a bare await, an anyio scope about 5.3). Other event loops
+    get a scope."""
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
