@@ -3,7 +3,7 @@
 Both sit on the path to a streamed answer's first byte, where every request runs them
 cold. On asyncio they are built from the task and loop themselves: a task group and an
 anyio cancel scope cost about 80 and 30 µs there (measured in bench/). Other event
-loops (trio), and Python 3.10 for the cancel scope, get anyio's.
+loops (trio) get anyio's.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class TaskCancelScope:
     """``async with TaskCancelScope() as scope:``; ``scope.cancel()`` stops the block,
     from any task, and the block then ends quietly (``cancelled`` says so).
 
-    On asyncio (3.11+) it cancels the task itself and takes its own request back on the
+    On asyncio it cancels the task itself and takes its own request back on the
     way out, so a cancellation from anyone else (server shutdown, say) still goes on.
     A ``cancel()`` after the block has ended does nothing.
     """
@@ -162,7 +162,7 @@ class TaskCancelScope:
 
     async def __aenter__(self) -> TaskCancelScope:
         task = current_asyncio_task()
-        if task is not None and hasattr(task, "uncancel"):
+        if task is not None:
             self._task = task
         else:
             self._anyio = anyio.CancelScope().__enter__()

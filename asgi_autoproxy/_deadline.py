@@ -5,13 +5,12 @@ A loop timer of its own per request costs about 3 µs to arm and cancel on the b
 start within the same ``grain`` share one timer instead, so each deadline fires between
 ``seconds`` and ``seconds + grain`` after its read began, and a read costs a set insert.
 
-On trio, and on Python 3.10 (no ``Task.uncancel``), each read gets its own ``IdleWatch``.
+On trio each read gets its own ``IdleWatch``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -19,7 +18,6 @@ from asgi_autoproxy._cancel import current_asyncio_task
 from asgi_autoproxy._idle_timeout import idle_limit
 
 T = TypeVar("T")
-_UNCANCEL = sys.version_info >= (3, 11)
 
 
 class _Batch:
@@ -50,7 +48,7 @@ class Deadline:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, work: Coroutine[Any, Any, T]) -> T | None:
-        task = current_asyncio_task() if _UNCANCEL else None
+        task = current_asyncio_task()
         if task is None:
             async with idle_limit(self.seconds) as watch:
                 watch.waiting()  # and never ``arrived()``: one clock for the whole of it

@@ -70,7 +70,7 @@ async def run(args: argparse.Namespace, template: bytes) -> dict[str, object]:
                             first = await r.content.readany()
                         statuses[r.status] += 1
                         cached[r.headers.get("x-bt-cached", "-")] += 1
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     errors += 1
                     continue
                 done = time.perf_counter()

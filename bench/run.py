@@ -411,7 +411,7 @@ def render(
     lines = [
         "# asgi_autoproxy benchmark",
         "",
-        f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
         f"- Machine: {machine()}",
         f"- Mode: {'quick' if args.quick else 'full'}; {args.duration:g} s per cell after "
         f"{args.warmup:g} s warm-up; {args.repeat} repeat(s) (cells: median, with min to max "

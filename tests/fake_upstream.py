@@ -222,7 +222,7 @@ class FakeUpstream:
             # Give the watcher a moment to see a disconnect that raced the last send.
             try:
                 await asyncio.wait_for(asyncio.shield(watcher), timeout=0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 watcher.cancel()
             # After a complete response the server reports a disconnect too; not a real one.
             if disconnected.is_set() and not completed:

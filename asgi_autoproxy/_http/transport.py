@@ -153,7 +153,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         url: str,
         headers: Sequence[tuple[str, str]],
         body: bytes,
-        timeout: httpx.Timeout,
+        timeout: httpx.Timeout,  # noqa: ASYNC109 - httpx's per-phase limits, handed to aiohttp
     ) -> DirectResponse:
         """POST without building httpx's Request and Response objects.
 
