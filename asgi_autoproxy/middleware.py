@@ -286,9 +286,7 @@ class AutoProxyMiddleware:
         )
         # The models list asks for a key as the other routes do where some provider
         # needs the caller's own: it lists what this proxy is configured to reach.
-        self._forwards_key = next(
-            (p for p in self.router.providers if p.needs_caller_credential), None
-        )
+        self._forwards_key = self.router.forwarding_key(self.router.providers)
         # Longest first, so a key that contains another is replaced whole.
         found = {s for p in self.router.providers for s in provider_secrets(p)}
         self._secrets = tuple(sorted(found, key=len, reverse=True))
@@ -474,7 +472,7 @@ class AutoProxyMiddleware:
             candidates = self.router.candidates(model, endpoint)
             credential = caller.credential
             if credential is None:
-                forwards = next((p for p in candidates if p.needs_caller_credential), None)
+                forwards = self.router.forwarding_key(candidates)
                 if forwards is not None:
                     raise _missing_key(forwards)
             request = UpstreamRequest(
