@@ -107,7 +107,7 @@ class Pipeline:
         self._limits = limits
         # The models list asks for a key as the other routes do where some provider
         # needs the caller's own: it lists what this proxy is configured to reach.
-        self._forwards_key = next((p for p in router.providers if p.needs_caller_credential), None)
+        self._forwards_key = router.forwarding_key(router.providers)
         self._secrets = secrets
         self._cache = cache
         self._cache_ttl = cache_ttl
@@ -166,7 +166,7 @@ class Pipeline:
             candidates = self.router.candidates(model, endpoint)
             credential = caller.credential
             if credential is None:
-                forwards = next((p for p in candidates if p.needs_caller_credential), None)
+                forwards = self.router.forwarding_key(candidates)
                 if forwards is not None:
                     raise _missing_key(forwards)
             request = UpstreamRequest(

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from asgi_autoproxy._cache.backends.base import Closable
 from asgi_autoproxy._cancel import current_asyncio_task
 
 logger = logging.getLogger("asgi_autoproxy")
@@ -110,11 +111,11 @@ class InFlightRequests:
 
 
 async def close_backend(backend: object) -> None:
-    """Close a cache backend that has ``aclose()`` (a Redis pool, say); log a failure."""
-    aclose = getattr(backend, "aclose", None)
-    if not callable(aclose):
+    """Close a cache backend that has ``aclose()`` (``Closable``: a Redis pool, say); log a
+    failure."""
+    if not isinstance(backend, Closable):
         return
     try:
-        await aclose()
+        await backend.aclose()
     except Exception:
         logger.exception("closing the cache backend %s failed", type(backend).__name__)

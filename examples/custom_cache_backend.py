@@ -1,7 +1,7 @@
 """A custom cache backend: entries in a SQLite file, so they survive restarts.
 
 Run: OPENAI_API_KEY=sk-... AUTOPROXY_CLIENT_KEYS=k1 uvicorn examples.custom_cache_backend:app
-Any class with async ``get``/``set``/``delete`` is a ``CacheBackend``.
+Any class with async ``get`` and ``set`` is a ``CacheBackend``.
 """
 
 from __future__ import annotations
@@ -41,19 +41,12 @@ class SQLiteCache:
                 "INSERT OR REPLACE INTO cache VALUES (?, ?, ?)", (key, value, time.time() + ttl)
             )
 
-    def _delete(self, key: str) -> None:
-        with self._lock, self._db:
-            self._db.execute("DELETE FROM cache WHERE key = ?", (key,))
-
     # Blocking SQLite calls run in a worker thread so the event loop never waits on disk.
     async def get(self, key: str) -> bytes | None:
         return await anyio.to_thread.run_sync(self._get, key)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         await anyio.to_thread.run_sync(self._set, key, value, ttl)
-
-    async def delete(self, key: str) -> None:
-        await anyio.to_thread.run_sync(self._delete, key)
 
 
 app = AutoProxyMiddleware(

@@ -15,8 +15,13 @@ from dataclasses import dataclass
 import anyio
 
 from asgi_autoproxy._cache import crypto
-from asgi_autoproxy._cache.backends.base import CacheBackend, SharedLockBackend
-from asgi_autoproxy._cache.backends.memory import MemoryCache
+from asgi_autoproxy._cache.backends.base import (
+    CacheBackend,
+    EncryptedBackend,
+    ObjectStore,
+    SharedLockBackend,
+    require_backend,
+)
 from asgi_autoproxy._cache.entry import CachedResponse
 from asgi_autoproxy._cache.keys import EntryKey
 
@@ -43,13 +48,12 @@ class ResponseCache:
         timeout: float | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(backend, CacheBackend):
-            raise TypeError(f"cache={backend!r} does not implement CacheBackend (get, set, delete)")
-        self.backend = backend
-        self.encrypt = bool(getattr(backend, "encrypt", False))
+        self.backend = require_backend(backend)
+        self.encrypt = isinstance(backend, EncryptedBackend) and bool(backend.encrypt)
         # An in-process cache cannot hang or fail, and needs no bytes: it keeps the objects.
-        self._memory = backend if isinstance(backend, MemoryCache) and not self.encrypt else None
-        self.timeout = None if isinstance(backend, MemoryCache) else timeout
+        objects = backend if isinstance(backend, ObjectStore) else None
+        self.timeout = None if objects is not None else timeout
+        self._objects = None if self.encrypt else objects
         self.clock = clock
         self.stats = CacheStats()
         self.locks = backend if isinstance(backend, SharedLockBackend) else None
@@ -109,8 +113,8 @@ class ResponseCache:
 
     async def get(self, key: EntryKey, *, max_age: float | None) -> CachedResponse | None:
         entry: CachedResponse | None = None
-        if self._memory is not None:
-            found = self._memory.get_object(key.key)
+        if self._objects is not None:
+            found = self._objects.get_object(key.key)
             entry = found if isinstance(found, CachedResponse) else None
         else:
             try:
@@ -132,9 +136,9 @@ class ResponseCache:
         return entry
 
     async def put(self, key: EntryKey, entry: CachedResponse, ttl: int) -> None:
-        if self._memory is not None:
+        if self._objects is not None:
             # In-process: keep the object itself, no bytes in between, counted at its size.
-            self._memory.set_object(key.key, entry, entry.size + _ENTRY_HEADER_SIZE, ttl)
+            self._objects.set_object(key.key, entry, entry.size + _ENTRY_HEADER_SIZE, ttl)
             self.stats.writes += 1
             return
         value = entry.encode()

@@ -24,6 +24,7 @@ from typing import Literal
 
 from asgi_autoproxy._asgi import Scope
 from asgi_autoproxy.errors import ProxyError, unauthorized
+from asgi_autoproxy.providers import capabilities
 from asgi_autoproxy.providers.base import Provider
 
 ANONYMOUS_CALLER = "anonymous"
@@ -132,7 +133,7 @@ class CallerAuth:
             raise TypeError("authenticate must be a callable (token, scope) -> caller id | None")
         self._authenticate = authenticate
         self._key_ids = None if api_keys is None else _digest_keys(api_keys)
-        holds_key = [p.name for p in providers if not p.needs_caller_credential]
+        holds_key = [p.name for p in providers if not capabilities.needs_caller_credential(p)]
         self.mode: AuthMode
         if authenticate is not None or api_keys is not None:
             self.mode = "checked"

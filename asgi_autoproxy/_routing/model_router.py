@@ -7,6 +7,7 @@ from typing import Any
 
 from asgi_autoproxy._routing.catalog import ModelCatalog
 from asgi_autoproxy.errors import bad_request
+from asgi_autoproxy.providers import capabilities
 from asgi_autoproxy.providers.base import Endpoint, Provider
 
 
@@ -24,9 +25,7 @@ class ModelRouter:
     ) -> None:
         if isinstance(providers, (str, bytes)) or not providers:
             raise ValueError("providers must be a non-empty list, e.g. [OpenAIProvider(...)]")
-        for provider in providers:
-            if not isinstance(provider, Provider):
-                raise TypeError(f"{provider!r} does not implement the Provider protocol")
+        providers = [capabilities.require_provider(p) for p in providers]
         names = [p.name for p in providers]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -35,6 +34,12 @@ class ModelRouter:
             )
         self.providers: tuple[Provider, ...] = tuple(providers)
         self.catalog = ModelCatalog(catalog)
+        # Optional capabilities, read once: the request path looks them up, never probes.
+        self._served = tuple((p, capabilities.endpoints(p)) for p in self.providers)
+        self._listed = tuple((p, capabilities.listed_models(p)) for p in self.providers)
+        self._forwarding = frozenset(
+            id(p) for p in self.providers if capabilities.needs_caller_credential(p)
+        )
 
     def auto_endpoint(self, model: str, payload: Mapping[str, Any]) -> Endpoint:
         """The catalog decides; for unknown models the payload's shape does."""
@@ -56,7 +61,7 @@ class ModelRouter:
 
     def candidates(self, model: str, endpoint: Endpoint) -> list[Provider]:
         """Providers that serve ``model`` on ``endpoint``, in configured order."""
-        found = [p for p in self.providers if endpoint in p.endpoints and p.serves(model)]
+        found = [p for p, served in self._served if endpoint in served and p.serves(model)]
         if not found:
             elsewhere = sorted({p.name for p in self.providers if p.serves(model)})
             if elsewhere:
@@ -78,12 +83,19 @@ class ModelRouter:
             )
         return found
 
+    def forwarding_key(self, providers: Sequence[Provider]) -> Provider | None:
+        """The first of ``providers`` that sends the caller's own key upstream, if any."""
+        for provider in providers:
+            if id(provider) in self._forwarding:
+                return provider
+        return None
+
     def listed_models(self) -> dict[str, str]:
         """Models to show on ``GET /models`` (name to provider): literal patterns, then
         catalog names that some provider serves."""
         names: dict[str, str] = {}
-        for provider in self.providers:
-            for pattern in provider.models:
+        for provider, patterns in self._listed:
+            for pattern in patterns:
                 if not any(ch in pattern for ch in "*?["):
                     names.setdefault(pattern, provider.name)
         for model in self.catalog.known_models():

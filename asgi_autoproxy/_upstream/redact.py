@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from asgi_autoproxy.providers import capabilities
 from asgi_autoproxy.providers.base import Provider
 
 REDACTED = b"[redacted]"
@@ -17,9 +18,9 @@ _SHORTEST_SECRET = 8  # shorter strings would blank out ordinary words
 
 
 def provider_secrets(provider: Provider) -> tuple[bytes, ...]:
-    """The provider's own keys, from its optional ``secrets`` attribute."""
-    secrets: Sequence[str] = getattr(provider, "secrets", ())
-    return tuple(s.encode() for s in secrets if isinstance(s, str) and len(s) >= _SHORTEST_SECRET)
+    """The provider's own keys, from its optional ``secrets`` (``HoldsSecrets``)."""
+    held = capabilities.secrets(provider)
+    return tuple(s.encode() for s in held if len(s) >= _SHORTEST_SECRET)
 
 
 def scrub(body: bytes, secrets: Sequence[bytes]) -> bytes:

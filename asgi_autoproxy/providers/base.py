@@ -126,11 +126,17 @@ class UpstreamResponse:
 
 @runtime_checkable
 class Provider(Protocol):
-    """An upstream the middleware can route a model to.
+    """An upstream the middleware can route a model to: ``name``, ``serves`` and ``send``.
 
     Implement ``send`` to reach a new kind of upstream; see ``OpenAIProvider`` for the
     simplest one. Raise ``httpx.TransportError`` or ``httpx.TimeoutException`` (as httpx
     does) for unreachable or slow upstreams; the middleware turns them into 502 and 504.
+
+    Anything more is optional, each a capability of its own in ``providers.capabilities``:
+    ``models`` (literal names to list on ``/models``), ``endpoints`` (default: chat and
+    completion), ``needs_caller_credential`` (default False: the provider holds its own
+    key) and ``secrets`` (strings to scrub from answers; default none). They are read
+    once, when the middleware is built.
     """
 
     @property
@@ -138,22 +144,9 @@ class Provider(Protocol):
         """Shown in errors, logs and ``x-bt-used-endpoint``; part of the cache key."""
         ...
 
-    @property
-    def models(self) -> Sequence[str]:
-        """Glob patterns of the models this provider serves."""
+    def serves(self, model: str) -> bool:
+        """Whether this provider answers for ``model``."""
         ...
-
-    @property
-    def endpoints(self) -> frozenset[Endpoint]:
-        """The endpoints this provider can serve."""
-        ...
-
-    @property
-    def needs_caller_credential(self) -> bool:
-        """True when the caller's own key is sent upstream (the provider holds none)."""
-        ...
-
-    def serves(self, model: str) -> bool: ...
 
     async def send(
         self, request: UpstreamRequest, client: httpx.AsyncClient

@@ -1,20 +1,24 @@
-"""The contract for cache storage: an async bytes store with per-entry TTL."""
+"""The contract for cache storage: an async bytes store with per-entry TTL, ``get`` and
+``set``. Anything more is an optional capability, a protocol of its own checked with
+``isinstance`` once, when the middleware is built."""
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+_REQUIRED = ("get", "set")
+
 
 @runtime_checkable
 class CacheBackend(Protocol):
-    """Where cached responses live. Implement these three methods to add a store.
+    """Where cached responses live. Implement these two methods to add a store.
 
     Keys are opaque hex strings (hashes, never secrets) and values opaque bytes. A
     backend may raise or be slow: the middleware bounds each call with a timeout and
     treats a failure as a miss or a skipped write, so a request is never lost to it.
 
-    A backend that sets ``encrypt = True`` gets values sealed with AES-256-GCM under a
-    key derived from the request and the caller's credential, which it never sees.
+    Optional: ``encrypt`` (``EncryptedBackend``), ``aclose`` (``Closable``), the locks of
+    ``SharedLockBackend``.
     """
 
     async def get(self, key: str) -> bytes | None:
@@ -24,8 +28,6 @@ class CacheBackend(Protocol):
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         """Store ``value`` for ``ttl`` seconds."""
         ...
-
-    async def delete(self, key: str) -> None: ...
 
 
 @runtime_checkable
@@ -45,3 +47,54 @@ class SharedLockBackend(Protocol):
     async def wait_for(self, key: str, max_wait: float) -> bytes | None:
         """The stored value once it appears, or None when the holder gave up or time ran out."""
         ...
+
+
+@runtime_checkable
+class EncryptedBackend(Protocol):
+    """A backend whose ``encrypt`` is True gets values sealed with AES-256-GCM under a key
+    derived from the request and the caller's credential, which it never sees."""
+
+    encrypt: bool
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """A backend that holds something to let go of (a Redis pool, say); the middleware
+    calls ``aclose`` once, at shutdown."""
+
+    async def aclose(self) -> None: ...
+
+
+class Encodable(Protocol):
+    """A value kept as an object in memory, turned into bytes only if asked for bytes."""
+
+    def encode(self) -> bytes: ...
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """A store in this process that never blocks nor fails (``MemoryCache``).
+
+    The middleware keeps its entries as objects, with no bytes in between and no timeout
+    around the calls: a cache hit costs a dictionary lookup. Unless it also encrypts.
+    """
+
+    def get_object(self, key: str) -> object | None:
+        """The value as stored (the object ``set_object`` was given), or None."""
+        ...
+
+    def set_object(self, key: str, value: Encodable, size: int, ttl: float) -> None:
+        """Keep ``value`` itself for ``ttl`` seconds, counted as ``size`` bytes."""
+        ...
+
+
+def require_backend(backend: object) -> CacheBackend:
+    """``backend`` itself; a ``TypeError`` naming what it lacks when it is no ``CacheBackend``."""
+    if isinstance(backend, CacheBackend):
+        return backend
+    missing = [member for member in _REQUIRED if not hasattr(backend, member)]
+    lacks = f"it lacks {', '.join(missing)}" if missing else "a required member is None"
+    raise TypeError(
+        f"cache={backend!r} does not implement CacheBackend "
+        f"(async get(key), async set(key, value, ttl)): {lacks}"
+    )

@@ -6,9 +6,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from cachetools import TLRUCache
+
+from asgi_autoproxy._cache.backends.base import Encodable
 
 # Rough per-entry bookkeeping (dict slot, tuple, key string) counted against max_bytes.
 _ENTRY_OVERHEAD = 200
@@ -21,12 +22,6 @@ class MemoryCacheStats:
     evictions: int = 0
     entries: int = 0
     bytes: int = 0
-
-
-class Encodable(Protocol):
-    """A value kept as an object in memory, turned into bytes only if asked for bytes."""
-
-    def encode(self) -> bytes: ...
 
 
 # (value, ttl seconds, size in bytes)
@@ -54,7 +49,8 @@ def _entry_size(value: _Slot) -> int:
 
 class MemoryCache:
     """Least-recently-used entries go first once ``max_entries`` or ``max_bytes`` is hit;
-    each entry also expires after its own TTL.
+    each entry also expires after its own TTL. An ``ObjectStore``: the middleware keeps
+    its entries here as objects, never as bytes.
 
     ``timer`` is injectable so tests can move time without sleeping. A lock makes it
     safe from several threads as well as from concurrent tasks.
