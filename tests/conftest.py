@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
 from tests.fake_upstream import FakeUpstream
+from tests.fault_upstream import FaultUpstream
 from tests.servers import ServerThread
 
 SERVER_KEY = "sk-server-secret-0123456789"
@@ -42,6 +43,22 @@ def upstream(_upstream_server: tuple[FakeUpstream, ServerThread]) -> FakeUpstrea
 @pytest.fixture
 def upstream_url(_upstream_server: tuple[FakeUpstream, ServerThread]) -> str:
     return _upstream_server[1].url + "/v1"
+
+
+@pytest.fixture(scope="session")
+def _fault_upstream_server() -> Iterator[FaultUpstream]:
+    upstream = FaultUpstream()
+    upstream.start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture
+def fault_upstream(_fault_upstream_server: FaultUpstream) -> FaultUpstream:
+    """The fault-injecting upstream (tests/fault_upstream.py), one for the session; each
+    test starts with its exchanges and outcomes cleared (connection counts run on)."""
+    _fault_upstream_server.reset()
+    return _fault_upstream_server
 
 
 def inner_app() -> Starlette:

@@ -10,7 +10,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,9 +17,8 @@ import redis
 
 from tests.conftest import CALLER_KEY, chat_body
 from tests.fake_upstream import FakeUpstream
+from tests.processes import REPO_ROOT as ROOT
 from tests.redis_server import free_port, running_redis
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import REPO_ROOT as ROOT
 
 
 @pytest.mark.parametrize("gc_freeze", [False, True])

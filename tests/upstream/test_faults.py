@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -40,17 +40,8 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="session")
-def fault_upstream() -> Iterator[FaultUpstream]:
-    upstream = FaultUpstream()
-    upstream.start()
-    yield upstream
-    upstream.stop()
-
-
 @pytest.fixture
 async def proxy(fault_upstream: FaultUpstream) -> AsyncIterator[AutoProxyMiddleware]:
-    fault_upstream.reset()
     app = faulty_proxy(fault_upstream.url)
     yield app
     await app.aclose()

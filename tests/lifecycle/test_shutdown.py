@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -35,14 +34,6 @@ class ClosableCache(MemoryCache):
 
     async def aclose(self) -> None:
         self.closed += 1
-
-
-@pytest.fixture(scope="module")
-def fault_upstream() -> Iterator[FaultUpstream]:
-    upstream = FaultUpstream()
-    upstream.start()
-    yield upstream
-    upstream.stop()
 
 
 async def shut_down_during(

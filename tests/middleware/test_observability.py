@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import anyio
 import anyio.lowlevel
@@ -15,14 +15,6 @@ from tests.fault_upstream import FaultUpstream
 from tests.faults import asgi_client, fault_body, faulty_proxy
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def fault_upstream() -> Iterator[FaultUpstream]:
-    upstream = FaultUpstream()
-    upstream.start()
-    yield upstream
-    upstream.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,6 @@ MARGIN = 3.0  # the cut, the connections closing, lifespan shutdown, interpreter
 READY = 15.0  # a busy 2-core machine: how long the three requests may take to get going
 AUTH = {"authorization": f"Bearer {CALLER_KEY}"}
 CUT = "server_shutting_down"
-
-
-@pytest.fixture(scope="module")
-def fault_upstream() -> Iterator[FaultUpstream]:
-    upstream = FaultUpstream()
-    upstream.start()
-    yield upstream
-    upstream.stop()
 
 
 class NeverEnding:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -20,11 +19,10 @@ import redis.asyncio
 from asgi_autoproxy import RedisCache
 from asgi_autoproxy._cache.backends.base import CacheBackend
 from asgi_autoproxy._cache.crypto import derive_key, derive_secret, seal, unseal
+from tests.processes import REPO_ROOT as ROOT
 from tests.redis_server import RedisServer, free_port, running_redis
 
 pytestmark = pytest.mark.anyio
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")

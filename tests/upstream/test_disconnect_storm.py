@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,14 +73,6 @@ class Hangup:
     """Events read before hanging up; None: hang up before the headers arrive."""
     closed_at: float = 0.0
     completed: bool = False
-
-
-@pytest.fixture(scope="module")
-def fault_upstream() -> Iterator[FaultUpstream]:
-    upstream = FaultUpstream()
-    upstream.start()
-    yield upstream
-    upstream.stop()
 
 
 async def run_stream(http: httpx.AsyncClient, hangup: Hangup, rng: random.Random) -> None:
