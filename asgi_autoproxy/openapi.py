@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgi_autoproxy._routing.catalog import BUILTIN_CATALOG
+
 _JSON = "application/json"
 _SSE = "text/event-stream"
 
@@ -166,9 +168,26 @@ def openapi_document(
     }
 
 
+def _model(*refused: str) -> dict[str, Any]:
+    """A model name; ``/auto`` refuses the built-in catalog's models of the ``refused``
+    flavours for this body shape, so a schema-valid request never meets that 400."""
+    globs = [glob for glob, flavor in BUILTIN_CATALOG.items() if flavor in refused]
+    # Globs as ECMA-262 patterns: the catalog's only wildcard is `*`.
+    patterns = ["^" + ".*".join(map(_ecma_escape, glob.split("*"))) + "$" for glob in globs]
+    return {
+        "type": "string",
+        "minLength": 1,
+        "pattern": "[^ \\t\\r\\n]",
+        "not": {"anyOf": [{"pattern": pattern} for pattern in patterns]},
+    }
+
+
+def _ecma_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "\\^$.|?*+()[]{}" else ch for ch in text)
+
+
 def _components() -> dict[str, Any]:
     common = {
-        "model": {"type": "string", "minLength": 1, "pattern": "[^ \\t\\r\\n]"},
         "stream": {"type": "boolean"},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
         "seed": {"type": "integer"},
@@ -211,6 +230,7 @@ def _components() -> dict[str, Any]:
                 "required": ["model", "messages"],
                 "properties": {
                     **common,
+                    "model": _model("embedding", "completion"),
                     "messages": {"type": "array", "minItems": 1, "items": message},
                 },
             },
@@ -219,6 +239,7 @@ def _components() -> dict[str, Any]:
                 "required": ["model", "prompt"],
                 "properties": {
                     **common,
+                    "model": _model("embedding", "chat"),
                     "prompt": {
                         "anyOf": [
                             {"type": "string"},
