@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 # Upstream headers worth passing to the caller. An allow-list, so that cookies, server
 # banners, CORS headers and account details (openai-organization) never leak through.
@@ -85,36 +87,79 @@ def looks_like_key(value: str, credential: str | None) -> bool:
     return value == credential or value.lower().startswith(_KEY_PREFIXES)
 
 
+@dataclass(frozen=True, slots=True)
+class CacheHeader:
+    """A request header that shapes the cache plan: the cache rules read it, and the plan
+    memo files plans under its value. Adding one here is enough for the memo and the
+    OpenAPI description; the rules (``_cache/policy.py``) still have to act on it."""
+
+    name: bytes
+    """Lower-case, as ASGI servers hand header names over."""
+    attribute: str
+    """The ``RequestHeaders`` attribute holding its first value, decoded (``None`` if absent)."""
+    description: str
+    schema: Mapping[str, Any]
+    """JSON Schema of the value, for the OpenAPI description."""
+
+
+PLAN_HEADERS: tuple[CacheHeader, ...] = (
+    CacheHeader(
+        name=b"x-bt-endpoint-name",
+        attribute="endpoint_name",
+        description="Send the request to this provider only; its answers are cached apart.",
+        schema={"type": "string"},
+    ),
+    CacheHeader(
+        name=b"x-bt-use-cache",
+        attribute="use_cache",
+        description="auto caches only deterministic requests (temperature 0 or a seed).",
+        schema={"type": "string", "enum": ["auto", "always", "never"]},
+    ),
+    CacheHeader(
+        name=b"x-bt-cache-ttl",
+        attribute="cache_ttl",
+        description="Seconds to keep a cached answer (clamped to 1 s to 7 days).",
+        schema={"type": "integer", "minimum": 1, "maximum": 604800},
+    ),
+    CacheHeader(
+        name=b"cache-control",
+        attribute="cache_control",
+        description="no-cache skips the cache read, no-store the write; max-age=N caps the "
+        "age of a cached answer served, and the TTL of one stored.",
+        schema={"type": "string"},
+    ),
+)
+"""The request headers that shape the cache plan, declared once: ``RequestHeaders``
+parses them, the plan memo's digest and the OpenAPI description are built from here."""
+
+
 class RequestHeaders:
     """The request headers the proxy reads, gathered in one pass: a cache hit is cheap
     enough that scanning the headers once per question showed up in profiles.
 
     Where a header repeats, the first value counts, except for the credential:
     the first ``Authorization: Bearer`` token, else the last ``x-api-key``.
+
+    ``plan`` holds the values of ``PLAN_HEADERS``, in the table's order; each one is also
+    readable by its ``attribute`` (a property over ``plan``, added below from the table).
     """
 
-    __slots__ = (
-        "cache_control",
-        "cache_ttl",
-        "content_length",
-        "count",
-        "credential",
-        "endpoint_name",
-        "request_id",
-        "size",
-        "use_cache",
-    )
+    __slots__ = ("content_length", "count", "credential", "plan", "request_id", "size")
+
+    # Typed views of ``plan``, for mypy; the properties themselves come from the table.
+    # A header added to the table without its line here fails type checking where used.
+    endpoint_name: str | None
+    use_cache: str | None
+    cache_ttl: str | None
+    cache_control: str | None
 
     def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
         count = size = 0
         bearer: str | None = None
         api_key: bytes | None = None
-        self.content_length: bytes | None = None
-        self.request_id: str | None = None
-        self.endpoint_name: str | None = None
-        self.use_cache: str | None = None
-        self.cache_ttl: str | None = None
-        self.cache_control: str | None = None
+        content_length: bytes | None = None
+        request_id: str | None = None
+        plan: list[str | None] | None = None  # made at the first plan header: most send none
         for name, value in raw:
             count += 1
             size += len(name) + len(value)
@@ -126,22 +171,20 @@ class RequestHeaders:
             elif name == b"x-api-key":
                 api_key = value
             elif name == b"content-length":
-                if self.content_length is None:
-                    self.content_length = value
+                if content_length is None:
+                    content_length = value
             elif name == b"x-request-id":
-                if self.request_id is None:
-                    self.request_id = value.decode("latin-1")
-            elif name == b"x-bt-endpoint-name":
-                if self.endpoint_name is None:
-                    self.endpoint_name = value.decode("latin-1")
-            elif name == b"x-bt-use-cache":
-                if self.use_cache is None:
-                    self.use_cache = value.decode("latin-1")
-            elif name == b"x-bt-cache-ttl":
-                if self.cache_ttl is None:
-                    self.cache_ttl = value.decode("latin-1")
-            elif self.cache_control is None:  # cache-control
-                self.cache_control = value.decode("latin-1")
+                if request_id is None:
+                    request_id = value.decode("latin-1")
+            else:  # one of PLAN_HEADERS
+                if plan is None:
+                    plan = _NO_PLAN_LIST.copy()
+                slot = _PLAN_SLOTS[name]
+                if plan[slot] is None:
+                    plan[slot] = value.decode("latin-1")
+        self.plan = _NO_PLAN if plan is None else tuple(plan)
+        self.content_length = content_length
+        self.request_id = request_id
         # For the 431 limits: how many headers, and their names' and values' bytes.
         self.count = count
         self.size = size
@@ -150,17 +193,19 @@ class RequestHeaders:
         self.credential = bearer
 
 
+def _plan_value(index: int) -> property:
+    return property(lambda headers: headers.plan[index])
+
+
+for _index, _header in enumerate(PLAN_HEADERS):
+    setattr(RequestHeaders, _header.attribute, _plan_value(_index))
+del _index, _header
+
+_NO_PLAN: tuple[str | None, ...] = (None,) * len(PLAN_HEADERS)
+_NO_PLAN_LIST: list[str | None] = list(_NO_PLAN)
+_PLAN_SLOTS = {header.name: index for index, header in enumerate(PLAN_HEADERS)}
 _READ = frozenset(
-    {
-        b"authorization",
-        b"x-api-key",
-        b"content-length",
-        b"x-request-id",
-        b"x-bt-endpoint-name",
-        b"x-bt-use-cache",
-        b"x-bt-cache-ttl",
-        b"cache-control",
-    }
+    {b"authorization", b"x-api-key", b"content-length", b"x-request-id", *_PLAN_SLOTS}
 )
 
 

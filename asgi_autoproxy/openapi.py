@@ -8,8 +8,11 @@ loosely on purpose: the proxy forwards fields it does not know.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from typing import Any
 
+from asgi_autoproxy._headers import PLAN_HEADERS
 from asgi_autoproxy._routing.catalog import BUILTIN_CATALOG
 
 _JSON = "application/json"
@@ -30,29 +33,33 @@ def _error(description: str, *headers: str) -> dict[str, Any]:
     return response
 
 
-_REQUEST_HEADERS: list[dict[str, Any]] = [
-    {
-        "name": "x-bt-use-cache",
-        "in": "header",
-        "required": False,
-        "description": "auto caches only deterministic requests (temperature 0 or a seed).",
-        "schema": {"type": "string", "enum": ["auto", "always", "never"]},
-    },
-    {
-        "name": "x-bt-cache-ttl",
-        "in": "header",
-        "required": False,
-        "description": "Seconds to keep a cached answer (clamped to 1 s to 7 days).",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 604800},
-    },
-    {
-        "name": "x-request-id",
-        "in": "header",
-        "required": False,
-        "description": "Kept as the request id when it is 1-128 of [A-Za-z0-9._:-].",
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
-    },
-]
+def _request_headers(endpoint_names: Sequence[str] | None) -> list[dict[str, Any]]:
+    """The proxy routes' header parameters: those that shape the cache plan, from the one
+    table that also drives their parsing and the plan memo, then ``x-request-id``."""
+    cache_headers = []
+    for header in PLAN_HEADERS:
+        schema = copy.deepcopy(dict(header.schema))
+        if header.name == b"x-bt-endpoint-name" and endpoint_names is not None:
+            schema["enum"] = list(endpoint_names)
+        cache_headers.append(
+            {
+                "name": header.name.decode("ascii"),
+                "in": "header",
+                "required": False,
+                "description": header.description,
+                "schema": schema,
+            }
+        )
+    return [
+        *cache_headers,
+        {
+            "name": "x-request-id",
+            "in": "header",
+            "required": False,
+            "description": "Kept as the request id when it is 1-128 of [A-Za-z0-9._:-].",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+        },
+    ]
 
 
 def _proxy_responses() -> dict[str, Any]:
@@ -70,7 +77,10 @@ def _proxy_responses() -> dict[str, Any]:
                 _SSE: {"schema": _ref("ServerSentEvent")},
             },
         },
-        "400": _error("Malformed body, unknown model or nesting too deep."),
+        "400": _error(
+            "Malformed body, unknown model, nesting too deep, or a cache or "
+            "x-bt-endpoint-name header value the proxy does not accept."
+        ),
         "401": _error("Missing or invalid API key.", "www-authenticate"),
         "405": _error("Wrong method for this route."),
         "408": _error("The body did not arrive within the proxy's time limit."),
@@ -84,11 +94,18 @@ def _proxy_responses() -> dict[str, Any]:
 
 
 def openapi_document(
-    path: str = "/v1/proxy/auto", *, sibling_routes: bool = True
+    path: str = "/v1/proxy/auto",
+    *,
+    sibling_routes: bool = True,
+    endpoint_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The description for a middleware built with the same ``path`` and
-    ``sibling_routes``; serve it or feed it to an API tester."""
+    ``sibling_routes``; serve it or feed it to an API tester. ``endpoint_names``: the
+    providers' names, the values ``x-bt-endpoint-name`` accepts (any other is a 400);
+    without them the header is described as any string."""
     from asgi_autoproxy import __version__
+
+    parameters = _request_headers(endpoint_names)
 
     prefix = path.rsplit("/", 1)[0]
     paths: dict[str, Any] = {
@@ -100,7 +117,7 @@ def openapi_document(
                 "description": "The model decides which endpoint serves the request; models "
                 "the proxy does not know go by the body's shape (`messages` or `prompt`). "
                 "Deterministic requests (temperature 0 or a seed) are cached.",
-                "parameters": _REQUEST_HEADERS,
+                "parameters": parameters,
                 "requestBody": {
                     "description": "A chat/completions or completions body, depending on "
                     "the model.",
@@ -117,7 +134,7 @@ def openapi_document(
                 "tags": ["Proxy"],
                 "operationId": "proxychatcompletions",
                 "summary": "Send a chat/completions request",
-                "parameters": _REQUEST_HEADERS,
+                "parameters": parameters,
                 "requestBody": {
                     "required": True,
                     "content": {_JSON: {"schema": _ref("ChatRequest")}},
@@ -130,7 +147,7 @@ def openapi_document(
                 "tags": ["Proxy"],
                 "operationId": "proxycompletions",
                 "summary": "Send a legacy completions request",
-                "parameters": _REQUEST_HEADERS,
+                "parameters": parameters,
                 "requestBody": {
                     "required": True,
                     "content": {_JSON: {"schema": _ref("CompletionRequest")}},
