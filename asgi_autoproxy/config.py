@@ -137,6 +137,10 @@ def moved_keywords(
         "limits": limits,
         "cache_options": cache_options,
     }
+    for keyword, value in given.items():
+        kind = _CLASSES[keyword]
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{keyword} must be a {kind.__name__}(...), got {value!r}")
     changes: dict[str, dict[str, Any]] = {"limits": {}, "cache_options": {}}
     for name, value in old.items():
         if name not in MOVED:

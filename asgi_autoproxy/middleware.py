@@ -113,13 +113,7 @@ class AutoProxyMiddleware:
     ) -> None:
         if not path.startswith("/") or path.endswith("/"):
             raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
-        for keyword, value, kind in (
-            ("limits", limits, Limits),
-            ("cache_options", cache_options, CacheOptions),
-        ):
-            if value is not None and not isinstance(value, kind):
-                raise TypeError(f"{keyword} must be a {kind.__name__}(...), got {value!r}")
-        # The flat keywords of the last release, until the next one (config.py).
+        # Checked, with the flat keywords of the last release applied (config.py).
         limits, cache_options = moved_keywords(moved, limits=limits, cache_options=cache_options)
         self.app = app
         self.router = ModelRouter(providers, model_catalog)
