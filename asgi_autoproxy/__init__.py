@@ -12,6 +12,7 @@ from asgi_autoproxy._gate.limits import RateLimit
 from asgi_autoproxy._heap import freeze_startup_heap
 from asgi_autoproxy._routing.catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
 from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
+from asgi_autoproxy.config import CacheOptions, Limits
 from asgi_autoproxy.errors import ProxyError
 from asgi_autoproxy.middleware import AutoProxyMiddleware
 from asgi_autoproxy.observability import CacheStatus, RequestHook, RequestRecord, TokenUsage
@@ -37,11 +38,13 @@ __all__ = [
     "AzureOpenAIProvider",
     "CacheBackend",
     "CacheDecision",
+    "CacheOptions",
     "CacheStats",
     "CacheStatus",
     "Cooldown",
     "Endpoint",
     "HTTPProvider",
+    "Limits",
     "LoadBalancing",
     "MemoryCache",
     "MemoryCacheStats",

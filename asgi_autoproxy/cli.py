@@ -28,6 +28,7 @@ from asgi_autoproxy._asgi import (
 )
 from asgi_autoproxy._gate.auth import parse_client_keys as client_keys
 from asgi_autoproxy._heap import freeze_startup_heap
+from asgi_autoproxy.config import Limits
 from asgi_autoproxy.errors import ProxyError
 from asgi_autoproxy.middleware import DEFAULT_SHUTDOWN_GRACE, AutoProxyMiddleware
 from asgi_autoproxy.providers import OpenAIProvider
@@ -238,7 +239,7 @@ def build_app(
         api_keys=client_keys(env.get("AUTOPROXY_CLIENT_KEYS")),
         allow_anonymous=bool(args.allow_anonymous),
         shutdown_grace=float(args.shutdown_grace),
-        request_read_timeout=float(args.request_read_timeout),
+        limits=Limits(request_read_timeout=float(args.request_read_timeout)),
     )
 
 

@@ -12,8 +12,8 @@ import itertools
 import logging
 import os
 import re
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Unpack
 
 import anyio
 import httpx
@@ -29,20 +29,12 @@ from asgi_autoproxy._asgi import (
 )
 from asgi_autoproxy._cache.backends.base import CacheBackend
 from asgi_autoproxy._cache.backends.memory import MemoryCache
-from asgi_autoproxy._cache.coalescing import DEFAULT_MAX_LAG
 from asgi_autoproxy._cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from asgi_autoproxy._cache.store import CacheStats, ResponseCache
 from asgi_autoproxy._call import Call, send_error
 from asgi_autoproxy._deadline import Deadline
 from asgi_autoproxy._gate.auth import Authenticate, CallerAuth
-from asgi_autoproxy._gate.limits import (
-    DEFAULT_MAX_CONCURRENT_UPSTREAM,
-    DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MAX_HEADER_COUNT,
-    DEFAULT_MAX_JSON_DEPTH,
-    RateLimit,
-    RequestLimits,
-)
+from asgi_autoproxy._gate.limits import RateLimit, RequestLimits
 from asgi_autoproxy._headers import (
     RequestHeaders,
     looks_like_key,
@@ -60,6 +52,7 @@ from asgi_autoproxy._shutdown import InFlightRequests, close_backend
 from asgi_autoproxy._sse import error_event
 from asgi_autoproxy._upstream.dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
 from asgi_autoproxy._upstream.redact import provider_secrets
+from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
 from asgi_autoproxy.errors import (
     server_shutting_down,
 )
@@ -68,20 +61,10 @@ from asgi_autoproxy.providers.base import Provider
 
 logger = logging.getLogger("asgi_autoproxy")
 
-DEFAULT_MAX_FOLLOWER_LAG = DEFAULT_MAX_LAG
-
 # Generated ids: random per process, then a counter: unique without a syscall each.
 _ID_PREFIX = os.urandom(8).hex()
 _id_counter = itertools.count(1)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
-DEFAULT_REQUEST_READ_TIMEOUT = 30.0
-DEFAULT_MAX_RESPONSE_SIZE = 32 * 1024 * 1024
-# Chat deltas are well under 1 KiB; the largest events seen carry a whole base64 image
-# or audio clip, a few MB. 4 MiB leaves room for those and still caps what an event
-# that never ends can cost each stream.
-DEFAULT_MAX_EVENT_SIZE = 4 * 1024 * 1024
-DEFAULT_STREAM_IDLE_TIMEOUT = 120.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
 _LAST_WORDS_WAIT = 1.0
 """How long a request cancelled from outside may take to send its 503 or error event."""
@@ -109,19 +92,12 @@ class AutoProxyMiddleware:
         path: str = "/v1/proxy/auto",
         model_catalog: Mapping[str, str] | None = None,
         sibling_routes: bool = True,
-        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
-        request_read_timeout: float | None = DEFAULT_REQUEST_READ_TIMEOUT,
-        max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE,
-        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        limits: Limits | None = None,
         timeout: float | httpx.Timeout | None = None,
         http_client: httpx.AsyncClient | None = None,
         cache: CacheBackend | _Default | None = _DEFAULT,
         cache_ttl: int = DEFAULT_TTL,
-        cache_timeout: float = 0.1,
-        share_cache_across_callers: bool = False,
-        cache_clock: Callable[[], float] = time.time,
-        coalesce_timeout: float = 60.0,
-        max_follower_lag: int = DEFAULT_MAX_FOLLOWER_LAG,
+        cache_options: CacheOptions | None = None,
         load_balancing: LoadBalancing = "ordered",
         weights: Mapping[str, float] | None = None,
         retry: RetryPolicy | None = None,
@@ -129,29 +105,21 @@ class AutoProxyMiddleware:
         authenticate: Authenticate | None = None,
         api_keys: Mapping[str, str] | None = None,
         allow_anonymous: bool = False,
-        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
-        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-        max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
-        max_concurrent_upstream: int | None = DEFAULT_MAX_CONCURRENT_UPSTREAM,
         rate_limit: RateLimit | None = None,
-        stream_idle_timeout: float | None = DEFAULT_STREAM_IDLE_TIMEOUT,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         on_request: RequestHook | None = None,
         http_transport: TransportChoice = "auto",
+        **moved: Unpack[MovedKeywords],
     ) -> None:
         if not path.startswith("/") or path.endswith("/"):
             raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
-        if max_body_size <= 0:
-            raise ValueError("max_body_size must be a positive number of bytes")
-        if request_read_timeout is not None and request_read_timeout <= 0:
-            raise ValueError("request_read_timeout must be a positive number of seconds or None")
-        if max_response_size <= 0 or max_event_size <= 0:
-            raise ValueError("max_response_size and max_event_size must be positive byte counts")
+        # Checked, with the flat keywords of the last release applied (config.py).
+        limits, cache_options = moved_keywords(moved, limits=limits, cache_options=cache_options)
         self.app = app
         self.router = ModelRouter(providers, model_catalog)
-        self.max_body_size = max_body_size
+        self.max_body_size = limits.max_body_size
         self._body_deadline = (
-            None if request_read_timeout is None else Deadline(request_read_timeout)
+            None if limits.request_read_timeout is None else Deadline(limits.request_read_timeout)
         )
         # Auth and limits live in their own modules; both validate here, at start-up.
         auth = CallerAuth(
@@ -160,11 +128,11 @@ class AutoProxyMiddleware:
             api_keys=api_keys,
             allow_anonymous=allow_anonymous,
         )
-        limits = RequestLimits(
-            max_header_count=max_header_count,
-            max_header_bytes=max_header_bytes,
-            max_json_depth=max_json_depth,
-            max_concurrent_upstream=max_concurrent_upstream,
+        request_limits = RequestLimits(
+            max_header_count=limits.max_header_count,
+            max_header_bytes=limits.max_header_bytes,
+            max_json_depth=limits.max_json_depth,
+            max_concurrent_upstream=limits.max_concurrent_upstream,
             rate_limit=rate_limit,
         )
         # Longest first, so a key that contains another is replaced whole.
@@ -183,12 +151,8 @@ class AutoProxyMiddleware:
         self._cache = (
             None
             if backend is None
-            else ResponseCache(backend, timeout=cache_timeout, clock=cache_clock)
+            else ResponseCache(backend, timeout=cache_options.timeout, clock=cache_options.clock)
         )
-        if coalesce_timeout <= 0:
-            raise ValueError("coalesce_timeout must be a positive number of seconds")
-        if max_follower_lag <= 0:
-            raise ValueError("max_follower_lag must be a positive number of bytes")
         # Several providers for one model: balancing, failover, retries (dispatch.py).
         dispatcher = Dispatcher(
             load_balancing=load_balancing,
@@ -201,8 +165,6 @@ class AutoProxyMiddleware:
             client=http_client, factory=default_client_factory(client_timeout, http_transport)
         )
         # Fault tolerance and observability (see lifecycle.py, idle.py, observability.py).
-        if stream_idle_timeout is not None and stream_idle_timeout <= 0:
-            raise ValueError("stream_idle_timeout must be a positive number of seconds or None")
         if shutdown_grace < 0:
             raise ValueError("shutdown_grace must be zero or more seconds")
         self._shutdown_grace = shutdown_grace
@@ -212,18 +174,18 @@ class AutoProxyMiddleware:
         self._pipeline = Pipeline(
             router=self.router,
             auth=auth,
-            limits=limits,
+            limits=request_limits,
             secrets=secrets,
             cache=self._cache,
             cache_ttl=cache_ttl,
-            share_cache=share_cache_across_callers,
-            coalesce_timeout=coalesce_timeout,
-            max_follower_lag=max_follower_lag,
+            share_cache=cache_options.share_across_callers,
+            coalesce_timeout=cache_options.coalesce_timeout,
+            max_follower_lag=cache_options.max_follower_lag,
             dispatcher=dispatcher,
             clients=self._clients,
-            max_response_size=max_response_size,
-            max_event_size=max_event_size,
-            stream_idle_timeout=stream_idle_timeout,
+            max_response_size=limits.max_response_size,
+            max_event_size=limits.max_event_size,
+            stream_idle_timeout=limits.stream_idle_timeout,
         )
 
     # -- ASGI entry point -------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import httpx
 
-from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, OpenAIProvider, RequestRecord
+from asgi_autoproxy import AutoProxyMiddleware, Limits, MemoryCache, OpenAIProvider, RequestRecord
 from tests.conftest import CALLER_KEY, inner_app
 from tests.fault_upstream import FaultUpstream
 from tests.faults import FAST_TIMEOUT, IDLE_TIMEOUT, check_outcome, expected, fault_body
@@ -134,7 +134,7 @@ async def soak(
         inner_app(),
         providers=[OpenAIProvider(base_url=upstream.url, name="faulty")],
         timeout=FAST_TIMEOUT,
-        stream_idle_timeout=IDLE_TIMEOUT,
+        limits=Limits(stream_idle_timeout=IDLE_TIMEOUT),
         cache=MemoryCache(max_entries=CACHE_ENTRIES),
         on_request=count,
     )

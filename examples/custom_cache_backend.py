@@ -14,7 +14,7 @@ import time
 import anyio.to_thread
 from starlette.applications import Starlette
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, client_keys_from_env
+from asgi_autoproxy import AutoProxyMiddleware, CacheOptions, OpenAIProvider, client_keys_from_env
 
 
 class SQLiteCache:
@@ -60,5 +60,5 @@ app = AutoProxyMiddleware(
         )
     ],
     cache=SQLiteCache(os.environ.get("AUTOPROXY_CACHE_DB", "autoproxy-cache.sqlite3")),
-    cache_timeout=1.0,
+    cache_options=CacheOptions(timeout=1.0),
 )

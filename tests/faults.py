@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import httpx
 
-from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, OpenAIProvider
+from asgi_autoproxy import AutoProxyMiddleware, Limits, MemoryCache, OpenAIProvider
 from tests.conftest import CALLER_KEY, inner_app
 from tests.fault_upstream import RETRY_AFTER, refused_url
 
@@ -67,7 +67,7 @@ def faulty_proxy(upstream_url: str, **kwargs: Any) -> AutoProxyMiddleware:
     ]
     options: dict[str, Any] = {
         "timeout": FAST_TIMEOUT,
-        "stream_idle_timeout": IDLE_TIMEOUT,
+        "limits": Limits(stream_idle_timeout=IDLE_TIMEOUT),
         "cache": MemoryCache(),
         **kwargs,
     }

@@ -10,7 +10,7 @@ import anyio
 import httpx
 import pytest
 
-from asgi_autoproxy import AutoProxyMiddleware, MemoryCache
+from asgi_autoproxy import AutoProxyMiddleware, CacheOptions, MemoryCache
 from tests.conftest import CALLER_KEY, Clock, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 
@@ -131,7 +131,9 @@ async def test_ttl_expiry_with_injected_clock(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
     clock = Clock()
-    app = make_proxy(cache=MemoryCache(timer=clock), cache_clock=clock, cache_ttl=60)
+    app = make_proxy(
+        cache=MemoryCache(timer=clock), cache_options=CacheOptions(clock=clock), cache_ttl=60
+    )
     await post(app, chat_body(temperature=0))
     clock.now += 59
     hit = await post(app, chat_body(temperature=0))
@@ -193,7 +195,7 @@ async def test_a_hit_sends_the_stored_headers_in_order_then_its_own(
     make_proxy: MakeProxy, upstream: FakeUpstream, backend: type[Any], stream: bool
 ) -> None:
     clock = Clock()
-    proxy = make_proxy(cache=backend(), cache_clock=clock)
+    proxy = make_proxy(cache=backend(), cache_options=CacheOptions(clock=clock))
     body = chat_body(temperature=0, stream=stream)
     miss = await post(proxy, body, {"x-request-id": "one"})
     clock.now += 42
@@ -238,7 +240,7 @@ async def test_request_max_age_limits_entry_age(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
     clock = Clock()
-    app = make_proxy(cache=MemoryCache(timer=clock), cache_clock=clock)
+    app = make_proxy(cache=MemoryCache(timer=clock), cache_options=CacheOptions(clock=clock))
     await post(app, chat_body(temperature=0))
     clock.now += 30
     young = await post(app, chat_body(temperature=0), {"cache-control": "max-age=60"})
@@ -290,7 +292,7 @@ async def test_callers_are_isolated_by_default(
 async def test_sharing_across_callers_is_opt_in(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
-    app = make_proxy(share_cache_across_callers=True)
+    app = make_proxy(cache_options=CacheOptions(share_across_callers=True))
     await post(app, chat_body(temperature=0), key="sk-alice")
     bob = await post(app, chat_body(temperature=0), key="sk-bob")
     assert bob.headers["x-bt-cached"] == "HIT"
@@ -476,7 +478,7 @@ async def test_failing_backend_degrades_to_miss(
     make_proxy: MakeProxy, upstream: FakeUpstream, hang: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend = BrokenBackend(hang=hang)
-    app = make_proxy(cache=backend, cache_timeout=0.05)
+    app = make_proxy(cache=backend, cache_options=CacheOptions(timeout=0.05))
     with anyio.fail_after(3):
         first = await post(app, chat_body(temperature=0))
         second = await post(app, chat_body(temperature=0))

@@ -16,7 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, OpenAIProvider, RedisCache, _json
+from asgi_autoproxy import (
+    AutoProxyMiddleware,
+    CacheOptions,
+    MemoryCache,
+    OpenAIProvider,
+    RedisCache,
+    _json,
+)
 from tests.conftest import CALLER_KEY, Clock, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisServer, running_redis
@@ -397,8 +404,7 @@ def _redis_proxies(
     return tuple(  # type: ignore[return-value]
         make_proxy(
             cache=RedisCache(server.url, prefix=prefix, timeout=2),
-            cache_clock=clock,
-            coalesce_timeout=10,
+            cache_options=CacheOptions(clock=clock, coalesce_timeout=10),
         )
         for _ in range(2)
     )
@@ -467,7 +473,7 @@ async def test_a_remembered_plan_obeys_max_age(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
     clock = Clock()
-    app = make_proxy(cache=MemoryCache(timer=clock), cache_clock=clock)
+    app = make_proxy(cache=MemoryCache(timer=clock), cache_options=CacheOptions(clock=clock))
     raw = json.dumps(chat_body("memo", temperature=0)).encode()
     fresh = {"cache-control": "max-age=1"}
     assert (await post(app, raw=raw, headers=fresh)).headers["x-bt-cached"] == "MISS"
@@ -483,7 +489,7 @@ async def test_a_request_following_a_flight_gets_its_fresh_answer(
 ) -> None:
     """An in-process flight is the answer being made now: it meets any max-age."""
     clock = Clock()
-    app = make_proxy(cache=MemoryCache(timer=clock), cache_clock=clock)
+    app = make_proxy(cache=MemoryCache(timer=clock), cache_options=CacheOptions(clock=clock))
     body = chat_body("follow", temperature=0, fake={"sleep": 0.5})
     assert (await post(app, body)).headers["x-bt-cached"] == "MISS"
     clock.now += 4

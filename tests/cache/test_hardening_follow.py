@@ -18,7 +18,13 @@ import anyio
 import httpx
 import pytest
 
-from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, OpenAIProvider, RequestRecord
+from asgi_autoproxy import (
+    AutoProxyMiddleware,
+    CacheOptions,
+    MemoryCache,
+    OpenAIProvider,
+    RequestRecord,
+)
 from asgi_autoproxy import _cancel as background
 from asgi_autoproxy import _idle_timeout as idle
 from asgi_autoproxy import _pipeline as pipeline_module
@@ -101,7 +107,7 @@ def _proxy(upstream_url: str, records: list[RequestRecord]) -> AutoProxyMiddlewa
         inner_app(),
         providers=[OpenAIProvider(base_url=upstream_url + "/v1", name="bulk")],
         cache=MemoryCache(),
-        max_follower_lag=LAG,
+        cache_options=CacheOptions(max_follower_lag=LAG),
         on_request=records.append,
         shutdown_grace=1,
     )

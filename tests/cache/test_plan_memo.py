@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from asgi_autoproxy import AutoProxyMiddleware, MemoryCache
+from asgi_autoproxy import AutoProxyMiddleware, CacheOptions, MemoryCache
 from asgi_autoproxy._cache.remembered_plans import PlanMemo, request_digest
 from asgi_autoproxy._headers import RequestHeaders
 from tests.conftest import CALLER_KEY, Clock, MakeProxy, chat_body
@@ -78,7 +78,7 @@ async def test_with_shared_entries_a_keyless_caller_still_gets_401(
 ) -> None:
     # The provider forwards callers' keys, so the full path refuses a caller without
     # one before it looks at the cache; a remembered plan must not skip that.
-    app = make_proxy(share_cache_across_callers=True)
+    app = make_proxy(cache_options=CacheOptions(share_across_callers=True))
     body = chat_body("shared", temperature=0)
     await post(app, body, key="sk-alice")
     assert (await post(app, body, key="sk-bob")).headers["x-bt-cached"] == "HIT"
@@ -106,7 +106,9 @@ async def test_a_gone_entry_takes_the_full_path_and_counts_one_miss(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
     clock = Clock()
-    app = make_proxy(cache=MemoryCache(timer=clock), cache_clock=clock, cache_ttl=60)
+    app = make_proxy(
+        cache=MemoryCache(timer=clock), cache_options=CacheOptions(clock=clock), cache_ttl=60
+    )
     body = chat_body("expiring", temperature=0)
     await post(app, body)
     clock.now += 61  # the entry expires; its plan is still remembered

@@ -8,8 +8,9 @@ import shlex
 
 import pytest
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy import AutoProxyMiddleware, CacheOptions, Limits, OpenAIProvider
 from asgi_autoproxy.cli import build_parser
+from asgi_autoproxy.config import MOVED
 from tests.processes import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -62,6 +63,8 @@ def test_readme_test_command_runs_pytest() -> None:
     [
         ("### `AutoProxyMiddleware(", AutoProxyMiddleware.__init__),
         ("### `OpenAIProvider(", OpenAIProvider.__init__),
+        ("### `Limits(", Limits),
+        ("### `CacheOptions(", CacheOptions),
     ],
 )
 def test_every_keyword_has_a_table_row(heading: str, callable_: object) -> None:
@@ -74,6 +77,13 @@ def test_every_keyword_has_a_table_row(heading: str, callable_: object) -> None:
     assert keywords
     missing = [k for k in keywords if f"| `{k}` |" not in text]
     assert not missing, f"document these keywords under {heading!r}: {missing}"
+
+
+def test_every_deprecated_keyword_says_where_it_went() -> None:
+    text = section("### Deprecated keywords")
+    objects = {"limits": "Limits", "cache_options": "CacheOptions"}
+    for old, (keyword, field) in MOVED.items():
+        assert f"| `{old}=` | `{keyword}={objects[keyword]}({field}=...)` |" in text, old
 
 
 def test_every_cli_flag_is_documented() -> None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asgi_autoproxy import AutoProxyMiddleware, ProxyError, RateLimit
+from asgi_autoproxy import AutoProxyMiddleware, Limits, ProxyError, RateLimit
 from asgi_autoproxy._gate.limits import TokenBuckets, check_json_depth
 from tests.conftest import CALLER_KEY, SERVER_KEY, Clock, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
@@ -51,7 +51,7 @@ async def until_streaming(upstream: FakeUpstream) -> None:
 
 
 async def test_body_over_limit_is_413(make_proxy: MakeProxy, upstream: FakeUpstream) -> None:
-    app = make_proxy(max_body_size=1000)
+    app = make_proxy(limits=Limits(max_body_size=1000))
     async with http(app) as client:
         response = await client.post("/v1/proxy/auto", json=chat_body("x" * 2000))
     assert response.status_code == 413
@@ -85,7 +85,7 @@ def test_brackets_inside_strings_do_not_count() -> None:
 async def test_deep_body_is_400_before_reaching_upstream(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
-    app = make_proxy(max_json_depth=8)
+    app = make_proxy(limits=Limits(max_json_depth=8))
     ok_body = chat_body(extra=nested(5))  # 1 + 5 levels
     deep_body = chat_body(extra=nested(8))
     async with http(app) as client:
@@ -113,14 +113,14 @@ async def test_nesting_past_the_parsers_own_limit_gets_the_same_error(
 @pytest.mark.parametrize("depth", [0, 1001])
 async def test_max_json_depth_is_validated(make_proxy: MakeProxy, depth: int) -> None:
     with pytest.raises(ValueError, match="max_json_depth"):
-        make_proxy(max_json_depth=depth)
+        make_proxy(limits=Limits(max_json_depth=depth))
 
 
 # -- headers ------------------------------------------------------------------------
 
 
 async def test_too_many_headers_is_431(make_proxy: MakeProxy, upstream: FakeUpstream) -> None:
-    app = make_proxy(max_header_count=20)
+    app = make_proxy(limits=Limits(max_header_count=20))
     many = {f"x-extra-{i}": "1" for i in range(25)}
     async with http(app) as client:
         response = await client.post("/v1/proxy/auto", json=chat_body(), headers=many)
@@ -133,7 +133,7 @@ async def test_too_many_headers_is_431(make_proxy: MakeProxy, upstream: FakeUpst
 
 
 async def test_too_large_headers_is_431(make_proxy: MakeProxy, upstream: FakeUpstream) -> None:
-    app = make_proxy(max_header_bytes=4096)
+    app = make_proxy(limits=Limits(max_header_bytes=4096))
     async with http(app) as client:
         response = await client.get("/v1/proxy/models", headers={"cookie": "c" * 5000})
     assert response.status_code == 431
@@ -141,7 +141,7 @@ async def test_too_large_headers_is_431(make_proxy: MakeProxy, upstream: FakeUps
 
 
 async def test_header_limits_leave_the_inner_app_alone(make_proxy: MakeProxy) -> None:
-    app = make_proxy(max_header_count=5)
+    app = make_proxy(limits=Limits(max_header_count=5))
     async with http(app) as client:
         response = await client.get("/", headers={f"x-{i}": "1" for i in range(10)})
     assert response.status_code == 200
@@ -154,7 +154,7 @@ async def test_header_limits_leave_the_inner_app_alone(make_proxy: MakeProxy) ->
 async def test_upstream_cap_answers_503_with_retry_after(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
-    app = make_proxy(max_concurrent_upstream=1)
+    app = make_proxy(limits=Limits(max_concurrent_upstream=1))
     held: list[httpx.Response] = []
     async with http(app) as client:
 
@@ -181,7 +181,7 @@ async def test_upstream_cap_answers_503_with_retry_after(
 async def test_cache_hits_do_not_take_an_upstream_slot(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
-    app = make_proxy(max_concurrent_upstream=1)
+    app = make_proxy(limits=Limits(max_concurrent_upstream=1))
     async with http(app) as client:
         await client.post("/v1/proxy/auto", json=chat_body("cached", temperature=0))
 
@@ -200,7 +200,7 @@ async def test_cache_hits_do_not_take_an_upstream_slot(
 
 async def test_upstream_cap_is_validated(make_proxy: MakeProxy) -> None:
     with pytest.raises(ValueError, match="max_concurrent_upstream"):
-        make_proxy(max_concurrent_upstream=0)
+        make_proxy(limits=Limits(max_concurrent_upstream=0))
 
 
 # -- rate limit ---------------------------------------------------------------------

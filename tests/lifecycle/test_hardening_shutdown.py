@@ -22,6 +22,7 @@ import anyio
 import httpx
 import pytest
 
+from asgi_autoproxy import Limits
 from asgi_autoproxy.cli import build_parser
 from tests.conftest import CALLER_KEY, SERVER_KEY, chat_body
 from tests.fake_upstream import FakeUpstream
@@ -214,7 +215,9 @@ async def test_drain_at_shutdowns_start_then_lifespans_cuts_once(
 ) -> None:
     """What the command does: drain() when shutdown begins, then aclose() (lifespan
     shutdown) while that drain still runs; the second waits for the first."""
-    proxy = faulty_proxy(fault_upstream.url, shutdown_grace=0.3, stream_idle_timeout=None)
+    proxy = faulty_proxy(
+        fault_upstream.url, shutdown_grace=0.3, limits=Limits(stream_idle_timeout=None)
+    )
     body = fault_body("stall", True, "drain twice", wait=30, ping=0.05)
     answers: list[httpx.Response] = []
     async with asgi_client(proxy) as http, anyio.create_task_group() as group:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from asgi_autoproxy import AutoProxyMiddleware, MemoryCache, RequestRecord
+from asgi_autoproxy import AutoProxyMiddleware, Limits, MemoryCache, RequestRecord
 from asgi_autoproxy import _shutdown as lifecycle
 from asgi_autoproxy._shutdown import InFlightRequests
 from tests.conftest import CALLER_KEY
@@ -132,7 +132,7 @@ def test_shutdown_keywords_are_checked() -> None:
     with pytest.raises(ValueError, match="shutdown_grace"):
         faulty_proxy("http://127.0.0.1:1/v1", shutdown_grace=-1)
     with pytest.raises(ValueError, match="stream_idle_timeout"):
-        faulty_proxy("http://127.0.0.1:1/v1", stream_idle_timeout=0)
+        faulty_proxy("http://127.0.0.1:1/v1", limits=Limits(stream_idle_timeout=0))
 
 
 def test_real_server_shutdown_lets_the_stream_finish(fault_upstream: FaultUpstream) -> None:

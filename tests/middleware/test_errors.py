@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy import AutoProxyMiddleware, Limits, OpenAIProvider
 from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy, chat_body, inner_app
 from tests.fake_upstream import FakeUpstream
 
@@ -133,7 +133,7 @@ async def test_sibling_routes_validate_the_body_too(
 async def test_declared_content_length_over_limit_is_413(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
-    app = make_proxy(max_body_size=1000)
+    app = make_proxy(limits=Limits(max_body_size=1000))
     body = json.dumps(chat_body("x" * 2000)).encode()
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://t"
@@ -150,7 +150,7 @@ async def test_declared_content_length_over_limit_is_413(
 async def test_streamed_body_without_length_over_limit_is_413(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
-    app = make_proxy(max_body_size=1000)
+    app = make_proxy(limits=Limits(max_body_size=1000))
 
     async def chunked_body() -> AsyncIterator[bytes]:
         yield b'{"model": "gpt-4o", "messages": [], "pad": "'
@@ -218,7 +218,7 @@ async def call_app(
 
 
 async def test_reading_stops_at_the_limit(make_proxy: MakeProxy, upstream: FakeUpstream) -> None:
-    app = make_proxy(max_body_size=1000)
+    app = make_proxy(limits=Limits(max_body_size=1000))
     receive = CountingReceive(chunk_size=100, available=1_000_000)
     status, _, body = await call_app(app, http_scope(), receive)
     assert status == 413
@@ -232,7 +232,7 @@ async def test_reading_stops_at_the_limit(make_proxy: MakeProxy, upstream: FakeU
 async def test_declared_length_over_limit_reads_nothing(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
-    app = make_proxy(max_body_size=1000)
+    app = make_proxy(limits=Limits(max_body_size=1000))
     headers = [
         (b"authorization", f"Bearer {CALLER_KEY}".encode()),
         (b"content-length", b"5000"),
@@ -257,7 +257,7 @@ async def test_invalid_content_length_is_400(make_proxy: MakeProxy) -> None:
 def test_max_body_size_must_be_positive(upstream_url: str) -> None:
     provider = OpenAIProvider(base_url=upstream_url)
     with pytest.raises(ValueError, match="max_body_size"):
-        AutoProxyMiddleware(lambda *a: None, providers=[provider], max_body_size=0)
+        AutoProxyMiddleware(lambda *a: None, providers=[provider], limits=Limits(max_body_size=0))
 
 
 # -- methods and credentials ----------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy import AutoProxyMiddleware, Limits, OpenAIProvider
 from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy
 from tests.fake_upstream import FakeUpstream
 
@@ -44,8 +44,7 @@ async def proxy(make_proxy: MakeProxy, upstream_url: str) -> AsyncIterator[AutoP
     yield make_proxy(
         providers=[provider],
         api_keys={CALLER_KEY: "fuzzer"},
-        max_body_size=64 * 1024,
-        max_json_depth=16,
+        limits=Limits(max_body_size=64 * 1024, max_json_depth=16),
         timeout=5,
     )
 

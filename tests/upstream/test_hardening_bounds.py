@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy import AutoProxyMiddleware, Limits, OpenAIProvider
 from asgi_autoproxy._sse import EventSplitter
 from asgi_autoproxy.errors import ResponseTooLarge
 from tests.conftest import CALLER_KEY, chat_body, inner_app
@@ -216,7 +216,7 @@ def test_a_crlf_cut_between_two_reads_is_one_line_end() -> None:
 def test_a_whole_answer_over_the_bound_is_a_502_and_not_cached(transport: str) -> None:
     big = json.dumps({"id": "c1", "pad": "x" * 300_000}).encode()
     upstream = Upstream(whole(big))
-    keywords = {"http_transport": transport, "max_response_size": 256 * 1024}
+    keywords = {"http_transport": transport, "limits": Limits(max_response_size=256 * 1024)}
     with proxy_for(upstream, **keywords) as (url, _):
         first = post(url, cacheable("big"))
         again = post(url, cacheable("big"))
@@ -236,7 +236,7 @@ def test_a_whole_answer_over_the_bound_is_a_502_and_not_cached(transport: str) -
 def test_a_gzip_bomb_is_refused_without_inflating_it(transport: str) -> None:
     bomb = gzip_bomb()
     upstream = Upstream(whole(bomb, (b"content-encoding", b"gzip")))
-    keywords = {"http_transport": transport, "max_response_size": 1 << 20}
+    keywords = {"http_transport": transport, "limits": Limits(max_response_size=1 << 20)}
     with proxy_for(upstream, **keywords) as (url, _):
         post(url, chat_body("warm-up"))  # connections and imports, outside the count
         tracemalloc.start()
@@ -282,7 +282,7 @@ def test_an_event_over_the_bound_ends_the_stream_and_is_not_cached(transport: st
     upstream = Upstream(
         events(data("one") + b"\n\n", huge[:40_000], huge[40_000:], b"data: [DONE]\n\n")
     )
-    keywords = {"http_transport": transport, "max_event_size": 64 * 1024}
+    keywords = {"http_transport": transport, "limits": Limits(max_event_size=64 * 1024)}
     with proxy_for(upstream, **keywords) as (url, _):
         first = post(url, cacheable("huge", stream=True))
         again = post(url, cacheable("huge", stream=True))
@@ -302,7 +302,7 @@ def test_an_event_over_the_bound_ends_the_stream_and_is_not_cached(transport: st
 def test_an_event_that_never_ends_is_cut_at_the_bound(transport: str) -> None:
     endless = [data("two")] + [b"z" * 65536] * 256  # 16 MiB, no blank line
     upstream = Upstream(events(data("one") + b"\n\n", *endless))
-    keywords = {"http_transport": transport, "max_event_size": 256 * 1024}
+    keywords = {"http_transport": transport, "limits": Limits(max_event_size=256 * 1024)}
     with proxy_for(upstream, **keywords) as (url, _):
         started = time.monotonic()
         response = post(url, cacheable("endless", stream=True))
@@ -354,7 +354,7 @@ def read_answer(sock: socket.socket, trickle: bytes, every: float, give_up: floa
 @pytest.mark.parametrize("trickle", [True, False], ids=["trickled", "silent"])
 def test_a_body_that_does_not_arrive_in_time_gets_a_408(trickle: bool) -> None:
     upstream = Upstream(whole(b"{}"))
-    with proxy_for(upstream, request_read_timeout=1.0) as (url, _):
+    with proxy_for(upstream, limits=Limits(request_read_timeout=1.0)) as (url, _):
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(
@@ -384,7 +384,9 @@ def test_a_body_that_does_not_arrive_in_time_gets_a_408(trickle: bool) -> None:
 
 def test_request_read_timeout_must_be_positive_or_none() -> None:
     provider = OpenAIProvider(base_url="http://127.0.0.1:9/v1")
-    AutoProxyMiddleware(inner_app(), providers=[provider], request_read_timeout=None)
+    AutoProxyMiddleware(inner_app(), providers=[provider], limits=Limits(request_read_timeout=None))
     for bad in (0, -1.0):
         with pytest.raises(ValueError, match="request_read_timeout"):
-            AutoProxyMiddleware(inner_app(), providers=[provider], request_read_timeout=bad)
+            AutoProxyMiddleware(
+                inner_app(), providers=[provider], limits=Limits(request_read_timeout=bad)
+            )

@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, RateLimit
+from asgi_autoproxy import AutoProxyMiddleware, CacheOptions, Limits, OpenAIProvider, RateLimit
 from asgi_autoproxy._asgi import Scope
 from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
@@ -56,12 +56,10 @@ async def keyed(make_proxy: MakeProxy, upstream_url: str) -> AsyncIterator[AutoP
     yield make_proxy(
         providers=providers,
         api_keys={CALLER_KEY: "alice"},
-        max_body_size=4096,
-        max_header_count=30,
-        max_json_depth=10,
+        limits=Limits(max_body_size=4096, max_header_count=30, max_json_depth=10),
         timeout=0.3,
         cache=BrokenBackend(),
-        cache_timeout=0.2,
+        cache_options=CacheOptions(timeout=0.2),
     )
 
 
@@ -178,7 +176,7 @@ async def test_rate_limit_and_capacity_errors_keep_secrets_out(
         provider={"api_key": SERVER_KEY},
         api_keys={CALLER_KEY: "alice"},
         rate_limit=RateLimit(requests_per_second=0.001, burst=2),
-        max_concurrent_upstream=1,
+        limits=Limits(max_concurrent_upstream=1),
     )
     async with http(app) as client:
         statuses: list[int] = []
