@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "_deadline",
             "_sse",
             "_idle_timeout",
+            "_protocols",
         ),
     ),
     ("http", ("_http",)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol, runtime_checkable
 
+from asgi_autoproxy._protocols import what_it_lacks
 from asgi_autoproxy.providers.base import Endpoint, Provider
 
 _REQUIRED = ("name", "serves", "send")
@@ -59,8 +60,7 @@ def require_provider(provider: object) -> Provider:
     """``provider`` itself; a ``TypeError`` naming what it lacks when it is no ``Provider``."""
     if isinstance(provider, Provider):
         return provider
-    missing = [member for member in _REQUIRED if not hasattr(provider, member)]
-    lacks = f"it lacks {', '.join(missing)}" if missing else "a required member is None"
+    lacks = what_it_lacks(provider, _REQUIRED)
     raise TypeError(
         f"{provider!r} does not implement the Provider protocol "
         f"(name, serves(model), async send(request, client)): {lacks}"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from asgi_autoproxy._protocols import what_it_lacks
+
 _REQUIRED = ("get", "set")
 
 
@@ -92,8 +94,7 @@ def require_backend(backend: object) -> CacheBackend:
     """``backend`` itself; a ``TypeError`` naming what it lacks when it is no ``CacheBackend``."""
     if isinstance(backend, CacheBackend):
         return backend
-    missing = [member for member in _REQUIRED if not hasattr(backend, member)]
-    lacks = f"it lacks {', '.join(missing)}" if missing else "a required member is None"
+    lacks = what_it_lacks(backend, _REQUIRED)
     raise TypeError(
         f"cache={backend!r} does not implement CacheBackend "
         f"(async get(key), async set(key, value, ttl)): {lacks}"
