@@ -42,14 +42,7 @@ async def test_a_body_over_limits_max_body_size_is_413(
     assert upstream.calls == 0
 
 
-async def test_cache_options_share_across_callers(
-    make_proxy: MakeProxy, upstream: FakeUpstream
-) -> None:
-    app = make_proxy(cache_options=CacheOptions(share_across_callers=True))
-    await post(app, chat_body(temperature=0), key="sk-alice")
-    bob = await post(app, chat_body(temperature=0), key="sk-bob")
-    assert bob.headers["x-bt-cached"] == "HIT"
-    assert upstream.calls == 1
+# CacheOptions(share_across_callers=True) end to end: tests/cache/test_cache.py.
 
 
 def test_defaults_are_the_documented_ones() -> None:
