@@ -61,7 +61,7 @@ GET /healthz answers 200 for load balancers; other paths outside the proxy get 4
 def standalone_app(proxy_path: str, *, gc_freeze: bool = False) -> ASGIApp:
     """The app behind the middleware when it runs alone: a health check, else 404.
 
-    With ``gc_freeze``, start-up ends with ``freeze_startup_heap`` (see heap.py)."""
+    With ``gc_freeze``, start-up ends with ``freeze_startup_heap`` (see _heap.py)."""
 
     def on_startup() -> None:
         loop_type = type(asyncio.get_running_loop())

@@ -153,7 +153,7 @@ class AutoProxyMiddleware:
             if backend is None
             else ResponseCache(backend, timeout=cache_options.timeout, clock=cache_options.clock)
         )
-        # Several providers for one model: balancing, failover, retries (dispatch.py).
+        # Several providers for one model: balancing, failover, retries (_upstream/dispatch.py).
         dispatcher = Dispatcher(
             load_balancing=load_balancing,
             weights=weights,
@@ -164,7 +164,7 @@ class AutoProxyMiddleware:
         self._clients = SharedClients(
             client=http_client, factory=default_client_factory(client_timeout, http_transport)
         )
-        # Fault tolerance and observability (see lifecycle.py, idle.py, observability.py).
+        # Fault tolerance and observability (see _shutdown.py, _idle_timeout.py, observability.py).
         if shutdown_grace < 0:
             raise ValueError("shutdown_grace must be zero or more seconds")
         self._shutdown_grace = shutdown_grace

@@ -247,7 +247,7 @@ class HTTPProvider:
     ) -> UpstreamResponse:
         """POST ``body`` and return the answer unread; ``headers`` must be lower-case.
 
-        Through the client's direct lane where it has one (see ``clients.DirectLane``),
+        Through the client's direct lane where it has one (see ``_http.clients.DirectLane``),
         else through httpx as any provider would.
         """
         url = str(url)
