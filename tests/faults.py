@@ -15,6 +15,7 @@ import anyio
 import httpx
 
 from asgi_autoproxy import AutoProxyMiddleware, Limits, MemoryCache, OpenAIProvider
+from asgi_autoproxy.providers.base import UpstreamResponse
 from tests.conftest import CALLER_KEY, inner_app
 from tests.fault_upstream import RETRY_AFTER, refused_url
 
@@ -157,3 +158,18 @@ async def settle(condition: Callable[[], bool], within: float = 3.0) -> bool:
             return True
         await anyio.sleep(0.02)
     return condition()
+
+
+def empty_chat_answer(stream: bool, headers: list[tuple[str, str]]) -> UpstreamResponse:
+    """A minimal valid chat answer with ``headers``, whole or streamed, for custom
+    providers that answer from bytes."""
+    if stream:
+        chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}}]}
+        events = b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"
+        return UpstreamResponse.from_bytes(
+            200, events, [*headers, ("content-type", "text/event-stream")]
+        )
+    whole = {"object": "chat.completion", "choices": []}
+    return UpstreamResponse.from_bytes(
+        200, json.dumps(whole).encode(), [*headers, ("content-type", "application/json")]
+    )

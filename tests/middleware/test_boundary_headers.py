@@ -4,14 +4,13 @@ and a header value HTTP/1.1 cannot carry is dropped instead of failing the reque
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 
 from asgi_autoproxy import AutoProxyMiddleware, MemoryCache
 from asgi_autoproxy.providers.base import Endpoint, UpstreamRequest, UpstreamResponse
 from tests.conftest import CALLER_KEY, chat_body, inner_app
+from tests.faults import empty_chat_answer
 from tests.servers import serve
 
 _STRAY = [
@@ -38,16 +37,7 @@ class StrayHeaderProvider:
     async def send(self, request: UpstreamRequest, client: httpx.AsyncClient) -> UpstreamResponse:
         # Decoded as httpx decodes a UTF-8 header: outside latin-1, so not sendable as is.
         headers = [*_STRAY, *_PASSED, ("request-id", "req-\u2603"), ("x-request-id", "up-7")]
-        if request.stream:
-            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}}]}
-            events = b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"
-            return UpstreamResponse.from_bytes(
-                200, events, [*headers, ("content-type", "text/event-stream")]
-            )
-        whole = {"object": "chat.completion", "choices": []}
-        return UpstreamResponse.from_bytes(
-            200, json.dumps(whole).encode(), [*headers, ("content-type", "application/json")]
-        )
+        return empty_chat_answer(request.stream, headers)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])

@@ -28,6 +28,7 @@ from asgi_autoproxy import _json as fast_json
 from asgi_autoproxy.providers.base import Endpoint, UpstreamRequest, UpstreamResponse
 from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy, chat_body, inner_app
 from tests.fake_upstream import FakeUpstream
+from tests.faults import empty_chat_answer
 from tests.servers import ServerThread, read_request, serve
 
 pytestmark = pytest.mark.anyio
@@ -200,16 +201,7 @@ class HeaderEchoingProvider:
 
     async def send(self, request: UpstreamRequest, client: httpx.AsyncClient) -> UpstreamResponse:
         headers = [("x-request-id", f"req-for-{SERVER_KEY}")]
-        if request.stream:
-            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}}]}
-            events = b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"
-            return UpstreamResponse.from_bytes(
-                200, events, [*headers, ("content-type", "text/event-stream")]
-            )
-        whole = {"object": "chat.completion", "choices": []}
-        return UpstreamResponse.from_bytes(
-            200, json.dumps(whole).encode(), [*headers, ("content-type", "application/json")]
-        )
+        return empty_chat_answer(request.stream, headers)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
