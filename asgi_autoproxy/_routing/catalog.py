@@ -10,6 +10,8 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Literal, get_args
 
+from asgi_autoproxy._routing.pricing import Price
+
 ModelFlavor = Literal["chat", "completion", "embedding"]
 FLAVORS: frozenset[str] = frozenset(get_args(ModelFlavor))
 
@@ -95,6 +97,7 @@ class ModelCatalog:
                     exact[name] = typed
             self._layers.append((exact, globs))
         self._memo: dict[str, ModelFlavor | None] = {}
+        self._prices: dict[str, Price] = {}
 
     def flavor(self, model: str) -> ModelFlavor | None:
         try:
@@ -114,6 +117,10 @@ class ModelCatalog:
                 if fnmatch.fnmatchcase(model, pattern):
                     return flavor
         return None
+
+    def price(self, model: str) -> Price | None:
+        """What ``model`` costs, where the catalog knows; None otherwise."""
+        return self._prices.get(model)
 
     def known_models(self) -> list[str]:
         """Exact (non-glob) chat and completion model names, for ``GET /models``."""
