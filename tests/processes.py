@@ -37,12 +37,18 @@ def free_port() -> int:
         return port
 
 
-def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The test's environment minus proxy settings, with this checkout first on the path."""
+def child_env(
+    extra: Mapping[str, str] | None = None, *, checkout_on_path: bool = True
+) -> dict[str, str]:
+    """The test's environment minus proxy settings, with this checkout first on the path
+    (or, without ``checkout_on_path``, with no ``PYTHONPATH`` at all)."""
     env = {
         k: v for k, v in os.environ.items() if k not in _SCRUBBED and not k.startswith("AUTOPROXY_")
     }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    if not checkout_on_path:
+        env.pop("PYTHONPATH", None)
+    else:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
@@ -69,13 +75,15 @@ def run_server(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path = REPO_ROOT,
+    python: str = sys.executable,
+    checkout_on_path: bool = True,
 ) -> Iterator[ServerProcess]:
     """Start ``python <args>``, yield once it accepts connections, then terminate it."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, *args],
+            [python, *args],
             cwd=cwd,
-            env=child_env(env),
+            env=child_env(env, checkout_on_path=checkout_on_path),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
