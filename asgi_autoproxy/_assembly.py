@@ -18,6 +18,7 @@ from asgi_autoproxy._cache.store import ResponseCache
 from asgi_autoproxy._deadline import Deadline
 from asgi_autoproxy._gate.auth import Authenticate, CallerAuth
 from asgi_autoproxy._gate.limits import RateLimit, RequestLimits
+from asgi_autoproxy._http.client_types import UpstreamClient
 from asgi_autoproxy._http.clients import (
     DEFAULT_TIMEOUT,
     SharedClients,
@@ -53,7 +54,7 @@ def assemble(
     sibling_routes: bool,
     limits: Limits,
     timeout: float | httpx.Timeout | None,
-    http_client: httpx.AsyncClient | None,
+    http_client: UpstreamClient | None,
     cache: CacheBackend | None,
     cache_ttl: int,
     cache_options: CacheOptions,

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import anyio
-import httpx
 
 from asgi_autoproxy import _json
 from asgi_autoproxy._cache.coalescing import Flight, Listener
@@ -24,6 +23,7 @@ from asgi_autoproxy._cache.facade import Tee
 from asgi_autoproxy._call import Call, send_error
 from asgi_autoproxy._cancel import TaskCancelScope, along
 from asgi_autoproxy._headers import answer_headers
+from asgi_autoproxy._http.errors import timeout_errors, transport_errors
 from asgi_autoproxy._idle_timeout import idle_limit
 from asgi_autoproxy._sse import EventSplitter, error_event
 from asgi_autoproxy._upstream.answer_checks import StreamAudit, is_answer, json_answer
@@ -87,9 +87,9 @@ class Relay:
     ) -> None:
         try:
             body = await response.read()
-        except httpx.TimeoutException:
+        except timeout_errors():
             raise upstream_timeout(provider.name) from None
-        except httpx.TransportError:
+        except transport_errors():
             raise upstream_unreachable(provider.name) from None
         body = scrub(body, self._secrets)
         status = response.status
@@ -207,9 +207,9 @@ class Relay:
                     idle.waiting()
             except ResponseTooLarge as exceeded:  # from a provider's own splitter
                 too_large = exceeded
-            except httpx.TimeoutException:
+            except timeout_errors():
                 broken = "no data arrived within the read timeout"
-            except httpx.TransportError:
+            except transport_errors():
                 broken = "the connection was lost"
         if idle.expired:
             broken = f"no data arrived for {idle.seconds:g} s"

@@ -26,6 +26,7 @@ from asgi_autoproxy._call import Call, send_error
 from asgi_autoproxy._gate.auth import Authenticate
 from asgi_autoproxy._gate.limits import RateLimit
 from asgi_autoproxy._headers import RequestHeaders, request_id
+from asgi_autoproxy._http.client_types import UpstreamClient
 from asgi_autoproxy._http.clients import TransportChoice
 from asgi_autoproxy._pipeline import ProxyRequest
 from asgi_autoproxy._routes import Route
@@ -65,7 +66,7 @@ class AutoProxyMiddleware:
         sibling_routes: bool = True,
         limits: Limits | None = None,
         timeout: float | httpx.Timeout | None = None,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: UpstreamClient | None = None,
         cache: CacheBackend | _Default | None = _DEFAULT,
         cache_ttl: int = DEFAULT_TTL,
         cache_options: CacheOptions | None = None,

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio.lowlevel
 import httpx
 
+from asgi_autoproxy._http.client_types import UpstreamClient
+
 if TYPE_CHECKING:
     from asgi_autoproxy._http.transport import AiohttpTransport, DirectResponse
 
@@ -21,8 +23,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128)
 
 TransportChoice = Literal["auto", "aiohttp", "httpx"]
-"""Which transport the default client uses: ``"aiohttp"`` (fast; needs the ``fast``
-extra), ``"httpx"`` (httpx's own), or ``"auto"``: aiohttp when it is installed."""
+"""Which transport the default client uses: ``"aiohttp"`` (fast; aiohttp is a base
+dependency), ``"httpx"`` (httpx's own), or ``"auto"``: aiohttp when it is installed."""
 
 
 def aiohttp_available() -> bool:
@@ -78,7 +80,7 @@ class DirectLane:
         return await self._transport.post(url, list(merged.items()), body, self._timeout)
 
 
-def direct_lane(client: httpx.AsyncClient) -> DirectLane | None:
+def direct_lane(client: UpstreamClient) -> DirectLane | None:
     return client.direct if isinstance(client, CookielessAsyncClient) else None
 
 
@@ -90,7 +92,7 @@ def default_client_factory(
     use_aiohttp = transport == "aiohttp" or (transport == "auto" and aiohttp_available())
     if use_aiohttp and not aiohttp_available():
         raise ValueError(
-            "transport='aiohttp' needs aiohttp: pip install 'asgi_autoproxy[fast]', "
+            "transport='aiohttp' needs aiohttp (a dependency of asgi_autoproxy: reinstall it), "
             "or pass transport='httpx'."
         )
 
@@ -120,14 +122,14 @@ class SharedClients:
     def __init__(
         self,
         *,
-        client: httpx.AsyncClient | None = None,
+        client: UpstreamClient | None = None,
         factory: Callable[[], httpx.AsyncClient],
     ) -> None:
         self._injected = client
         self._factory = factory
         self._by_loop: dict[object, httpx.AsyncClient] = {}
 
-    def get(self) -> httpx.AsyncClient:
+    def get(self) -> UpstreamClient:
         if self._injected is not None:
             return self._injected
         token = _loop_token()

@@ -16,10 +16,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from asgi_autoproxy._http.client_types import UpstreamHTTPResponse
+
 PIECE = 64 * 1024
 
 
-def decoded_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+def decoded_chunks(response: UpstreamHTTPResponse) -> AsyncIterator[bytes]:
     """``response``'s body, decoded, as ``aiter_bytes`` would give it."""
     encoding = response.headers.get("content-encoding", "").strip().lower()
     if encoding in ("", "identity"):

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import anyio
-import httpx
 
+from asgi_autoproxy._http.client_types import UpstreamClient
+from asgi_autoproxy._http.errors import timeout_errors, transport_errors
 from asgi_autoproxy._sse import EventSplitter, event_data, is_error
 from asgi_autoproxy.errors import ProxyError, ResponseTooLarge, bad_request, upstream_too_large
 from asgi_autoproxy.providers.base import Provider, UpstreamRequest, UpstreamResponse
@@ -160,7 +161,7 @@ class Dispatcher:
         self,
         candidates: Sequence[Provider],
         request: UpstreamRequest,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
     ) -> tuple[Provider, UpstreamResponse]:
         if request.endpoint_name is not None:
             candidates = [_pinned(candidates, request)]
@@ -203,7 +204,7 @@ class Dispatcher:
         self,
         provider: Provider,
         request: UpstreamRequest,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         *,
         peek: bool,
     ) -> UpstreamResponse | _Failure:
@@ -225,10 +226,10 @@ class Dispatcher:
             # Not a failure to fail over from: the same request would likely get the same.
             await _close_quietly(response)
             raise upstream_too_large(provider.name, exceeded) from None
-        except httpx.TimeoutException:
+        except timeout_errors():
             await _close_quietly(response)
             return _Failure(provider, "timed out", timed_out=True)
-        except httpx.TransportError as exc:
+        except transport_errors() as exc:
             await _close_quietly(response)
             return _Failure(provider, f"connection failed: {type(exc).__name__}")
         except BaseException:
@@ -331,7 +332,7 @@ async def _failed_response(provider: Provider, response: UpstreamResponse) -> _F
             size += len(chunk)
             if size >= _MAX_FAILED_BODY:
                 break
-    except httpx.TransportError:
+    except transport_errors():
         pass  # the status already says it failed
     finally:
         await response.aclose()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 import httpx
 
 from asgi_autoproxy import _json
+from asgi_autoproxy._http.client_types import UpstreamClient
 from asgi_autoproxy._sse import EventSplitter, event_data, event_name
 from asgi_autoproxy.errors import ResponseTooLarge
 from asgi_autoproxy.providers.anthropic_request import DEFAULT_MAX_TOKENS, to_messages_request
@@ -59,7 +60,7 @@ class AnthropicProvider(HTTPProvider):
         self._default_max_tokens = default_max_tokens
         self._version = anthropic_version
 
-    async def send(self, request: UpstreamRequest, client: httpx.AsyncClient) -> UpstreamResponse:
+    async def send(self, request: UpstreamRequest, client: UpstreamClient) -> UpstreamResponse:
         translated = to_messages_request(
             request.payload, default_max_tokens=self._default_max_tokens
         )

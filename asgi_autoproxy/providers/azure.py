@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import httpx
 
+from asgi_autoproxy._http.client_types import UpstreamClient
 from asgi_autoproxy.errors import bad_request
 from asgi_autoproxy.providers.base import (
     ENDPOINT_PATHS,
@@ -76,7 +77,7 @@ class AzureOpenAIProvider(HTTPProvider):
             params={"api-version": self._api_version},
         )
 
-    async def send(self, request: UpstreamRequest, client: httpx.AsyncClient) -> UpstreamResponse:
+    async def send(self, request: UpstreamRequest, client: UpstreamClient) -> UpstreamResponse:
         headers = self.base_headers(request)
         key = self.key_for(request.credential)
         if key:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from asgi_autoproxy._headers import filter_upstream_headers
+from asgi_autoproxy._http.client_types import UpstreamClient, UpstreamHTTPResponse
 from asgi_autoproxy._http.clients import direct_lane
 from asgi_autoproxy._http.decoding import decoded_chunks
 from asgi_autoproxy.errors import ResponseTooLarge
@@ -45,7 +46,7 @@ class UpstreamRequest:
     """The most bytes of one SSE event; pass it to ``EventSplitter``."""
 
 
-def shown_url(url: str | httpx.URL) -> str:
+def shown_url(url: object) -> str:
     """``url`` as messages and logs may show it: scheme, host, port and path. Never the
     userinfo (``user:pass@``) nor the query or fragment, where Azure and Gemini carry keys."""
     parts = urlsplit(str(url))
@@ -89,8 +90,12 @@ class UpstreamResponse:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     @classmethod
-    def from_httpx(cls, response: httpx.Response, called: str | None = None) -> UpstreamResponse:
-        """``called`` defaults to the method and shown URL of ``response.request``."""
+    def from_httpx(
+        cls, response: UpstreamHTTPResponse, called: str | None = None
+    ) -> UpstreamResponse:
+        """An ``httpx.Response`` or ``httpx2.Response`` opened with ``stream=True``, unread.
+
+        ``called`` defaults to the method and shown URL of ``response.request``."""
         if called is None:
             try:
                 request = response.request
@@ -129,8 +134,11 @@ class Provider(Protocol):
     """An upstream the middleware can route a model to: ``name``, ``serves`` and ``send``.
 
     Implement ``send`` to reach a new kind of upstream; see ``OpenAIProvider`` for the
-    simplest one. Raise ``httpx.TransportError`` or ``httpx.TimeoutException`` (as httpx
-    does) for unreachable or slow upstreams; the middleware turns them into 502 and 504.
+    simplest one. ``client`` is the middleware's shared client, an ``httpx.AsyncClient``
+    or, where the app passed one as ``http_client=``, an ``httpx2.AsyncClient``: both have
+    the same API. Raise ``TransportError`` or ``TimeoutException`` (httpx's or httpx2's, as
+    the clients do) for unreachable or slow upstreams; the middleware turns them into 502
+    and 504.
 
     Anything more is optional, each a capability of its own in ``providers.capabilities``:
     ``models`` (literal names to list on ``/models``), ``endpoints`` (default: chat and
@@ -148,9 +156,7 @@ class Provider(Protocol):
         """Whether this provider answers for ``model``."""
         ...
 
-    async def send(
-        self, request: UpstreamRequest, client: httpx.AsyncClient
-    ) -> UpstreamResponse: ...
+    async def send(self, request: UpstreamRequest, client: UpstreamClient) -> UpstreamResponse: ...
 
 
 class ModelPatterns:
@@ -243,12 +249,12 @@ class HTTPProvider:
         return self._api_key or credential
 
     async def post(
-        self, client: httpx.AsyncClient, url: httpx.URL | str, headers: dict[str, str], body: bytes
+        self, client: UpstreamClient, url: httpx.URL | str, headers: dict[str, str], body: bytes
     ) -> UpstreamResponse:
         """POST ``body`` and return the answer unread; ``headers`` must be lower-case.
 
         Through the client's direct lane where it has one (see ``_http.clients.DirectLane``),
-        else through httpx as any provider would.
+        else through the client (httpx or httpx2) as any provider would.
         """
         url = str(url)
         called = self._called.get(url)
@@ -266,8 +272,14 @@ class HTTPProvider:
                 aclose=answer.body.aclose,
                 called=called,
             )
-        upstream = client.build_request("POST", url, content=body, headers=headers)
-        return UpstreamResponse.from_httpx(await client.send(upstream, stream=True), called)
+        opened: UpstreamHTTPResponse
+        if isinstance(client, httpx.AsyncClient):
+            upstream = client.build_request("POST", url, content=body, headers=headers)
+            opened = await client.send(upstream, stream=True)
+        else:  # httpx2: the same calls, its own types
+            sent = client.build_request("POST", url, content=body, headers=headers)
+            opened = await client.send(sent, stream=True)
+        return UpstreamResponse.from_httpx(opened, called)
 
     def base_headers(self, request: UpstreamRequest) -> dict[str, str]:
         return {

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import httpx
 
+from asgi_autoproxy._http.client_types import UpstreamClient
 from asgi_autoproxy.providers.base import (
     ENDPOINT_PATHS,
     Endpoint,
@@ -47,7 +48,7 @@ class OpenAIProvider(HTTPProvider):
             ep: str(httpx.URL(f"{self.base_url}/{path}")) for ep, path in ENDPOINT_PATHS.items()
         }
 
-    async def send(self, request: UpstreamRequest, client: httpx.AsyncClient) -> UpstreamResponse:
+    async def send(self, request: UpstreamRequest, client: UpstreamClient) -> UpstreamResponse:
         headers = self.base_headers(request)
         key = self.key_for(request.credential)
         if key:
