@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio
+from starlette.applications import Starlette
 
 import asgi_autoproxy
 from asgi_autoproxy import (
@@ -68,6 +69,7 @@ FOREIGN_KEYWORDS: dict[str, Callable[..., Any]] = {
     "decode_responses": redis.asyncio.Redis.__init__,  # a RedisCache client of your own
     "stream": httpx.AsyncClient.send,  # how a provider opens its answer unread
     "extra": logging.Logger._log,  # the request log's record fields
+    "middleware": Starlette.__init__,  # where a Starlette app lists the proxy
 }
 
 
