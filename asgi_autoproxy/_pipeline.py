@@ -189,6 +189,8 @@ class Pipeline:
                 self.plan_memo.put(digest, plan)
             # The remembered plan's entry was just looked up, and missed: no second look.
             looked_up = remembered is not None and plan is not None and remembered.key == plan.key
+            # After the plan: entries are keyed on what the caller sent (_routing/params.py).
+            request = self.router.rewrite(request)
             await self._answer(call, candidates, request, plan, receive, looked_up=looked_up)
         except ClientDisconnected:
             return
@@ -253,6 +255,7 @@ class Pipeline:
         """Serve from the cache (unless ``looked_up`` already missed), join an identical
         request in flight, or call upstream."""
         call.trace.model, call.trace.endpoint = request.model, request.endpoint
+        call.trace.price = self.router.catalog.price(request.model)
         if plan is not None and plan.decision.read:
             assert self._cache is not None
             if not looked_up and await self._serve_cached(call, plan):

@@ -47,6 +47,7 @@ from asgi_autoproxy._http.clients import (
 )
 from asgi_autoproxy._pipeline import Pipeline
 from asgi_autoproxy._routes import Route, route_table
+from asgi_autoproxy._routing.catalog import CatalogSource
 from asgi_autoproxy._routing.model_router import ModelRouter
 from asgi_autoproxy._shutdown import InFlightRequests, close_backend
 from asgi_autoproxy._sse import error_event
@@ -90,7 +91,7 @@ class AutoProxyMiddleware:
         *,
         providers: Sequence[Provider],
         path: str = "/v1/proxy/auto",
-        model_catalog: Mapping[str, str] | None = None,
+        model_catalog: CatalogSource | None = None,
         sibling_routes: bool = True,
         limits: Limits | None = None,
         timeout: float | httpx.Timeout | None = None,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from asgi_autoproxy._routing.catalog import ModelCatalog
+from asgi_autoproxy import _json
+from asgi_autoproxy._routing.catalog import CatalogSource, ModelCatalog
 from asgi_autoproxy.errors import bad_request
 from asgi_autoproxy.providers import capabilities
-from asgi_autoproxy.providers.base import Endpoint, Provider
+from asgi_autoproxy.providers.base import Endpoint, Provider, UpstreamRequest
 
 
 def unsupported_model(model: str) -> Exception:
@@ -21,7 +23,7 @@ def unsupported_model(model: str) -> Exception:
 
 class ModelRouter:
     def __init__(
-        self, providers: Sequence[Provider], catalog: Mapping[str, str] | None = None
+        self, providers: Sequence[Provider], catalog: CatalogSource | None = None
     ) -> None:
         if isinstance(providers, (str, bytes)) or not providers:
             raise ValueError("providers must be a non-empty list, e.g. [OpenAIProvider(...)]")
@@ -46,6 +48,12 @@ class ModelRouter:
         flavor = self.catalog.flavor(model)
         if flavor == "embedding":
             raise unsupported_model(model)
+        if flavor == "responses":
+            raise bad_request(
+                f"{model} is served only by the Responses API; send it to /responses.",
+                param="model",
+                code="model_not_supported",
+            )
         if flavor is None:
             if "messages" in payload:
                 return "chat"
@@ -58,6 +66,18 @@ class ModelRouter:
                 f"{model} is a {flavor} model: send `{field}` in the request body.", param=field
             )
         return flavor
+
+    def rewrite(self, request: UpstreamRequest) -> UpstreamRequest:
+        """``request`` with the parameters its model refuses on chat completions
+        rewritten, as the model's catalog entry says (``_routing/params.py``); the same
+        request when there is nothing to do."""
+        if request.endpoint != "chat":
+            return request
+        rule = self.catalog.params(request.model)
+        rewritten = None if rule is None else rule.apply(request.payload)
+        if rewritten is None:
+            return request
+        return dataclasses.replace(request, payload=rewritten, body=_json.dumps(rewritten))
 
     def candidates(self, model: str, endpoint: Endpoint) -> list[Provider]:
         """Providers that serve ``model`` on ``endpoint``, in configured order."""
