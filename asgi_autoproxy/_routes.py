@@ -8,6 +8,7 @@ Adding a route means adding a row here, not a branch in the middleware.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 from asgi_autoproxy import _json
 from asgi_autoproxy._gate.limits import check_json_depth, exceeds_parser_depth, too_deep
 from asgi_autoproxy._routing.model_router import ModelRouter
-from asgi_autoproxy.errors import bad_request
+from asgi_autoproxy.errors import ProxyError, bad_request
 from asgi_autoproxy.providers.base import Endpoint
 
 ChooseEndpoint = Callable[[ModelRouter, str, Mapping[str, Any]], Endpoint]
@@ -25,6 +26,8 @@ ParsePayload = Callable[[bytes, int], dict[str, Any]]
 """The request body, validated: from its bytes and the JSON depth limit."""
 LocalAnswer = Callable[[ModelRouter], dict[str, Any]]
 """A JSON answer the proxy gives by itself, with no upstream call."""
+ParamAnswer = Callable[[ModelRouter, str], dict[str, Any]]
+"""A ``LocalAnswer`` for a path-parameter row: also given the path's last part."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,6 +45,17 @@ class Route:
     """Whether the cache rules apply (deterministic requests, or the caller's headers)."""
     answer: LocalAnswer | None = None
     """Set where the proxy answers by itself (``/models``)."""
+    answer_for: ParamAnswer | None = None
+    """Set on a path-parameter row (``/models/{id}``): ``suffix`` ends in ``/`` and
+    matches as a prefix, and the rest of the path is handed to this."""
+
+    def bound(self, parameter: str) -> Route:
+        """This path-parameter row with its parameter filled in, as a plain row."""
+        assert self.answer_for is not None
+        answer_for = self.answer_for
+        return dataclasses.replace(
+            self, answer=lambda router: answer_for(router, parameter), answer_for=None
+        )
 
 
 def parse_openai_payload(body: bytes, max_depth: int) -> dict[str, Any]:
@@ -102,6 +116,22 @@ def _model_list(router: ModelRouter) -> dict[str, Any]:
     }
 
 
+def _model_object(router: ModelRouter, model: str) -> dict[str, Any]:
+    """One model, as OpenAI's ``GET /models/{model}`` answers; 404 in OpenAI's shape
+    for a model no configured provider serves or the catalog does not know."""
+    owner = router.listed_models().get(model)
+    if owner is None and router.catalog.flavor(model) is not None:
+        owner = next((p.name for p in router.providers if p.serves(model)), None)
+    if owner is None:
+        raise ProxyError(
+            404,
+            f"The model '{model[:200]}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    return {"id": model, "object": "model", "created": int(time.time()), "owned_by": owner}
+
+
 AUTO = Route(
     name="auto", suffix="/auto", method="POST", parse=parse_openai_payload, endpoint=_by_model
 )
@@ -122,14 +152,34 @@ SIBLINGS = (
         endpoint=_always("completion"),
     ),
     Route(name="models", suffix="/models", method="GET", cacheable=False, answer=_model_list),
+    Route(name="model", suffix="/models/", method="GET", cacheable=False, answer_for=_model_object),
 )
 """Served beside ``/auto``, under its prefix, unless ``sibling_routes=False``."""
 
 
-def route_table(path: str, *, siblings: bool) -> dict[str, Route]:
-    """Full path to row; ``path`` is where ``/auto`` is served."""
-    table = {path: AUTO}
+class RouteTable:
+    """Full path to row: exact paths first, then path-parameter rows by prefix."""
+
+    __slots__ = ("_exact", "_prefixed")
+
+    def __init__(self, rows: Mapping[str, Route]) -> None:
+        self._exact = {path: r for path, r in rows.items() if r.answer_for is None}
+        self._prefixed = tuple((path, r) for path, r in rows.items() if r.answer_for is not None)
+
+    def get(self, path: str) -> Route | None:
+        route = self._exact.get(path)
+        if route is not None or not self._prefixed:
+            return route
+        for prefix, row in self._prefixed:
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return row.bound(path[len(prefix) :])
+        return None
+
+
+def route_table(path: str, *, siblings: bool) -> RouteTable:
+    """The routes served; ``path`` is where ``/auto`` is served."""
+    rows = {path: AUTO}
     if siblings:
         prefix = path.rsplit("/", 1)[0]
-        table.update({prefix + route.suffix: route for route in SIBLINGS})
-    return table
+        rows.update({prefix + route.suffix: route for route in SIBLINGS})
+    return RouteTable(rows)

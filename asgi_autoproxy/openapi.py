@@ -9,6 +9,7 @@ loosely on purpose: the proxy forwards fields it does not know.
 from __future__ import annotations
 
 import copy
+import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
@@ -172,6 +173,35 @@ def openapi_document(
                 },
             }
         }
+        paths[f"{prefix}/models/{{model}}"] = {
+            "get": {
+                "tags": ["Proxy"],
+                "operationId": "proxymodel",
+                "summary": "Describe one model the proxy can route",
+                "description": "A model some configured provider serves and the catalog "
+                "knows, or lists by name; any other is a 404 in OpenAI's shape.",
+                "parameters": [
+                    {
+                        "name": "model",
+                        "in": "path",
+                        "required": True,
+                        "description": "The model's name; it may contain `/`.",
+                        "schema": {"type": "string", "minLength": 1},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The model, in OpenAI's shape.",
+                        "content": {_JSON: {"schema": _ref("Model")}},
+                    },
+                    "401": _error("Missing or invalid API key.", "www-authenticate"),
+                    "404": _error("No configured provider serves this model."),
+                    "405": _error("Wrong method for this route."),
+                    "429": _error("Caller over its rate limit.", "retry-after"),
+                    "431": _error("Too many or too large request headers."),
+                },
+            }
+        }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -188,15 +218,43 @@ def openapi_document(
 def _model(*refused: str) -> dict[str, Any]:
     """A model name; ``/auto`` refuses the built-in catalog's models of the ``refused``
     flavours for this body shape, so a schema-valid request never meets that 400."""
-    globs = [glob for glob, flavor in BUILTIN_CATALOG.items() if flavor in refused]
-    # Globs as ECMA-262 patterns: the catalog's only wildcard is `*`.
-    patterns = ["^" + ".*".join(map(_ecma_escape, glob.split("*"))) + "$" for glob in globs]
+    names = [name for name, flavor in BUILTIN_CATALOG.items() if flavor in refused]
+    globs = [name for name in names if _is_glob(name)]
+    # An exact name that a refused glob matches already needs no pattern of its own.
+    kept = [n for n in names if n in globs or not any(fnmatch.fnmatchcase(n, g) for g in globs)]
     return {
         "type": "string",
         "minLength": 1,
         "pattern": "[^ \\t\\r\\n]",
-        "not": {"anyOf": [{"pattern": pattern} for pattern in patterns]},
+        "not": {"anyOf": [{"pattern": _ecma_pattern(name)} for name in kept]},
     }
+
+
+def _is_glob(name: str) -> bool:
+    return any(ch in name for ch in "*?[")
+
+
+def _ecma_pattern(glob: str) -> str:
+    """A catalog glob (``*``, ``?``, ``[3-9]``) as an ECMA-262 pattern."""
+    out = ["^"]
+    i = 0
+    while i < len(glob):
+        ch = glob[i]
+        end = glob.find("]", i + 2) if ch == "[" else -1
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif end != -1:
+            inner = glob[i + 1 : end]
+            negate = inner.startswith("!")
+            body = inner[1:] if negate else inner
+            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(_ecma_escape(ch))
+        i += 1
+    return "".join(out) + "$"
 
 
 def _ecma_escape(text: str) -> str:
@@ -284,19 +342,17 @@ def _components() -> dict[str, Any]:
                 "required": ["object", "data"],
                 "properties": {
                     "object": {"const": "list"},
-                    "data": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["id", "object", "owned_by"],
-                            "properties": {
-                                "id": {"type": "string"},
-                                "object": {"const": "model"},
-                                "created": {"type": "integer"},
-                                "owned_by": {"type": "string"},
-                            },
-                        },
-                    },
+                    "data": {"type": "array", "items": _ref("Model")},
+                },
+            },
+            "Model": {
+                "type": "object",
+                "required": ["id", "object", "owned_by"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "object": {"const": "model"},
+                    "created": {"type": "integer"},
+                    "owned_by": {"type": "string"},
                 },
             },
             "Error": {

@@ -77,7 +77,7 @@ def _entry(raw: Any, where: str, rules: Mapping[str, ParamRule]) -> ModelEntry:
     elif params is not None:
         rule = ParamRule.parse(params, f"{where}.params")
     given = frozenset(name for name in ("format", "price", "params") if name in raw)
-    return ModelEntry(flavor, wire, price, rule, given)  # type: ignore[arg-type]
+    return ModelEntry(flavor, wire, price, rule, given)
 
 
 def _price(raw: Any, where: str) -> Price:
@@ -153,8 +153,7 @@ def _user_entries(extra: CatalogSource) -> dict[str, ModelEntry]:
             "model_catalog must be a mapping of model names to flavours, or a JSON file's path"
         )
     return {
-        name: _entry(raw, f"model_catalog[{name!r}]", _BUILTIN_RULES)
-        for name, raw in extra.items()
+        name: _entry(raw, f"model_catalog[{name!r}]", _BUILTIN_RULES) for name, raw in extra.items()
     }
 
 

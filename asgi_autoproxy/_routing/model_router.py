@@ -22,9 +22,7 @@ def unsupported_model(model: str) -> Exception:
 
 
 class ModelRouter:
-    def __init__(
-        self, providers: Sequence[Provider], catalog: CatalogSource | None = None
-    ) -> None:
+    def __init__(self, providers: Sequence[Provider], catalog: CatalogSource | None = None) -> None:
         if isinstance(providers, (str, bytes)) or not providers:
             raise ValueError("providers must be a non-empty list, e.g. [OpenAIProvider(...)]")
         providers = [capabilities.require_provider(p) for p in providers]

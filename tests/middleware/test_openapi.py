@@ -105,5 +105,6 @@ def test_document_follows_the_configured_path() -> None:
         "/api/llm/chat/completions",
         "/api/llm/completions",
         "/api/llm/models",
+        "/api/llm/models/{model}",
     }
     assert set(openapi_document(sibling_routes=False)["paths"]) == {"/v1/proxy/auto"}
