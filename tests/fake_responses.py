@@ -37,7 +37,7 @@ TOOL_CALLS = [
 ]
 USAGE = {
     "input_tokens": 36,
-    "input_tokens_details": {"cached_tokens": 12},
+    "input_tokens_details": {"cached_tokens": 12, "cache_write_tokens": 5},
     "output_tokens": 87,
     "output_tokens_details": {"reasoning_tokens": 64},
     "total_tokens": 123,

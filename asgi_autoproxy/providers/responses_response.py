@@ -18,19 +18,23 @@ from asgi_autoproxy.errors import error_dict
 
 
 def usage(responses_usage: Any) -> dict[str, Any] | None:
-    """Chat usage for a Responses ``usage``; reasoning and cached tokens carried over."""
+    """Chat usage for a Responses ``usage``; reasoning, cached and cache-write tokens
+    carried over."""
     if not isinstance(responses_usage, dict):
         return None
     prompt = _count(responses_usage.get("input_tokens"))
     completion = _count(responses_usage.get("output_tokens"))
     total = _count(responses_usage.get("total_tokens")) or prompt + completion
-    cached = _count((responses_usage.get("input_tokens_details") or {}).get("cached_tokens"))
+    input_details = responses_usage.get("input_tokens_details") or {}
+    prompt_details = {"cached_tokens": _count(input_details.get("cached_tokens"))}
+    if "cache_write_tokens" in input_details:
+        prompt_details["cache_write_tokens"] = _count(input_details["cache_write_tokens"])
     reasoning = _count((responses_usage.get("output_tokens_details") or {}).get("reasoning_tokens"))
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": total,
-        "prompt_tokens_details": {"cached_tokens": cached},
+        "prompt_tokens_details": prompt_details,
         "completion_tokens_details": {"reasoning_tokens": reasoning},
     }
 
