@@ -10,6 +10,7 @@ them through a real server.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -20,7 +21,12 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 
-from asgi_autoproxy import AutoProxyMiddleware, AzureOpenAIProvider, OpenAIProvider
+from asgi_autoproxy import (
+    AutoProxyMiddleware,
+    AzureOpenAIProvider,
+    OpenAIProvider,
+    openapi_document,
+)
 from tests.conftest import CALLER_KEY, SERVER_KEY, inner_app
 from tests.fake_responses import (
     REFUSAL,
@@ -577,3 +583,21 @@ async def test_azure_sends_the_deployment_to_the_v1_responses_api(
         assert seen.headers["api-key"] == SERVER_KEY
         assert "authorization" not in seen.headers
     assert sent(fake, 0)["model"] == "o3pro-eu"
+
+
+# -- OpenAPI ------------------------------------------------------------------------------
+
+
+def test_openapi_keeps_responses_models_out_of_completion_requests() -> None:
+    """A schema-valid request never meets the 400 for a prompt sent to such a model."""
+    schemas = openapi_document()["components"]["schemas"]
+
+    def refused(request: str, model: str) -> bool:
+        field = schemas[request]["properties"]["model"]
+        return any(re.search(p["pattern"], model) for p in field["not"]["anyOf"])
+
+    for model in ("o3-pro", "gpt-5.3-codex", "gpt-5.10", "gpt-5.4-mini", "gpt-5-codex"):
+        assert refused("CompletionRequest", model)
+        assert not refused("ChatRequest", model)
+    for model in ("gpt-5.2", "gpt-5.1-mini", "gpt-5.1"):
+        assert not refused("ChatRequest", model)
