@@ -13,6 +13,7 @@ A test picks the answer by setting ``scenario``:
   ``failed``);
 - ``error_event``: an ``event: error`` after some text;
 - ``cut``: the stream stops before ``response.completed``;
+- ``whole_always``: a whole text answer even when a stream was asked for;
 - ``invalid`` (400), ``rate_limited`` (429): OpenAI error bodies.
 """
 
@@ -85,7 +86,7 @@ class FakeResponses:
             error = {"error": {"message": message, "type": kind, "param": None, "code": code}}
             await _send(send, status, json.dumps(error).encode(), "application/json", headers)
             return
-        if not payload.get("stream"):
+        if not payload.get("stream") or scenario == "whole_always":
             answer = json.dumps(whole_response(payload, scenario)).encode()
             await _send(send, 200, answer, "application/json", headers)
             return

@@ -423,6 +423,18 @@ async def test_refusal_streams_as_refusal_deltas(
     assert "".join(c.choices[0].delta.refusal or "" for c in chunks) == REFUSAL
 
 
+async def test_a_whole_answer_to_a_stream_request_becomes_one_chunk(
+    http: httpx.AsyncClient, fake: FakeResponses
+) -> None:
+    fake.scenario = "whole_always"
+    events, _ = await stream(http)
+    assert events[-1] == "[DONE]"
+    [chunk] = [ChatCompletionChunk.model_validate(e) for e in events[:-1]]
+    assert chunk.choices[0].delta.content == TEXT
+    assert chunk.choices[0].finish_reason == "stop"
+    assert chunk.usage is not None and chunk.usage.total_tokens == USAGE["total_tokens"]
+
+
 async def test_a_cached_stream_replays_byte_for_byte(
     http: httpx.AsyncClient, fake: FakeResponses
 ) -> None:

@@ -1,15 +1,18 @@
-"""Chat -> Responses request translation, for the models only ``/responses`` serves.
+"""Chat <-> Responses translation, for the models only ``/responses`` serves.
 
 Pure functions, no server: every translated body is checked against the ``openai`` SDK's
-``ResponseCreateParams`` types, and every refusal is a 400 that names the field.
+``ResponseCreateParams`` types, every refusal is a 400 that names the field, and every
+translated answer parses as the SDK's ``ChatCompletion`` or ``ChatCompletionChunk``.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pydantic
 import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses.response_create_params import (
     ResponseCreateParamsNonStreaming,
     ResponseCreateParamsStreaming,
@@ -18,6 +21,12 @@ from openai.types.responses.response_create_params import (
 from asgi_autoproxy import ModelCatalog
 from asgi_autoproxy.errors import ProxyError
 from asgi_autoproxy.providers.responses_request import to_responses_request
+from asgi_autoproxy.providers.responses_response import (
+    StreamTranslator,
+    chat_completion,
+    failure,
+    finish_reason,
+)
 
 MODEL = "o3-pro"
 PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
@@ -457,3 +466,109 @@ def test_users_can_override_a_responses_entry() -> None:
     assert catalog.flavor("o3-pro") == "chat"
     assert catalog.flavor("o3-pro-2025-06-10") == "responses"
     assert catalog.flavor("my-agent") == "responses"
+
+
+# -- answers: the pure functions ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("response", "tools", "reason"),
+    [
+        ({"status": "completed"}, False, "stop"),
+        ({"status": "completed"}, True, "tool_calls"),
+        (
+            {"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}},
+            False,
+            "length",
+        ),
+        (
+            {"status": "incomplete", "incomplete_details": {"reason": "content_filter"}},
+            False,
+            "content_filter",
+        ),
+    ],
+)
+def test_finish_reasons(response: dict[str, Any], tools: bool, reason: str) -> None:
+    assert finish_reason(response, made_tool_calls=tools) == reason
+
+
+@pytest.mark.parametrize("status", ["failed", "in_progress", "queued", "cancelled"])
+def test_unfinished_responses_are_failures(status: str) -> None:
+    error = failure({"status": status, "error": None})
+    assert error is not None and error["error"]["type"] == "upstream_error"
+    assert failure({"status": "completed"}) is None
+    assert failure({"status": "incomplete"}) is None
+
+
+def test_answer_without_usage_has_none_and_validates() -> None:
+    body = json.loads(
+        chat_completion({"id": "r", "status": "completed", "output": []}, model=MODEL)
+    )
+    completion = ChatCompletion.model_validate(body)
+    assert completion.usage is None and completion.model == MODEL
+    assert completion.choices[0].message.content is None
+
+
+def _chunks(translator: StreamTranslator, *events: dict[str, Any]) -> list[Any]:
+    text = b"".join(translator.feed(e) for e in events).decode()
+    return [
+        line[6:] if line == "data: [DONE]" else json.loads(line[6:])
+        for line in text.split("\n")
+        if line.startswith("data: ")
+    ]
+
+
+def test_arguments_sent_only_in_the_done_event_still_arrive() -> None:
+    translator = StreamTranslator(model=MODEL, created=1, include_usage=False)
+    item = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": ""}
+    chunks = _chunks(
+        translator,
+        {"type": "response.created", "response": {"id": "r1", "model": MODEL}},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": '{"a"'},
+        {
+            "type": "response.function_call_arguments.done",
+            "output_index": 0,
+            "arguments": '{"a": 1}',
+        },
+        {"type": "response.completed", "response": {"status": "completed"}},
+    )
+    assert chunks[-1] == "[DONE]"
+    parsed = [ChatCompletionChunk.model_validate(c) for c in chunks[:-1]]
+    arguments = "".join(
+        (t.function.arguments or "") if t.function else ""
+        for c in parsed
+        for t in c.choices[0].delta.tool_calls or []
+    )
+    assert arguments == '{"a": 1}'
+    assert parsed[-1].choices[0].finish_reason == "tool_calls"
+    assert translator.finished
+
+
+@pytest.mark.parametrize(
+    ("event", "code", "kind"),
+    [
+        (
+            {"type": "error", "code": "rate_limit_exceeded", "message": "Slow down"},
+            "rate_limit_exceeded",
+            "upstream_error",
+        ),
+        (
+            {
+                "type": "error",
+                "error": {"type": "server_error", "code": "boom", "message": "Slow down"},
+            },
+            "boom",
+            "server_error",
+        ),
+    ],
+)
+def test_error_events_become_openai_error_events(
+    event: dict[str, Any], code: str, kind: str
+) -> None:
+    translator = StreamTranslator(model=MODEL, created=1, include_usage=False)
+    [error] = _chunks(translator, event)
+    assert error["error"]["code"] == code
+    assert error["error"]["type"] == kind
+    assert error["error"]["message"] == "Slow down"
+    assert translator.finished
