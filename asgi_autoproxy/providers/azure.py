@@ -68,7 +68,7 @@ class AzureOpenAIProvider(HTTPProvider):
 
     _url_keyword = "endpoint"
 
-    def deployment(self, model: str) -> str:
+    def _deployment(self, model: str) -> str:
         deployment = self._deployments.get(model, model)
         if not _DEPLOYMENT.fullmatch(deployment):
             raise bad_request(
@@ -79,7 +79,7 @@ class AzureOpenAIProvider(HTTPProvider):
         return deployment
 
     def url(self, model: str, endpoint: Endpoint) -> httpx.URL:
-        deployment = self.deployment(model)
+        deployment = self._deployment(model)
         if endpoint == "chat_via_responses":
             return httpx.URL(f"{self.endpoint}/openai/v1/responses")
         return httpx.URL(
@@ -98,6 +98,6 @@ class AzureOpenAIProvider(HTTPProvider):
             async def post(body: bytes) -> UpstreamResponse:
                 return await self.post(client, url, headers, body)
 
-            model = self.deployment(request.model)
+            model = self._deployment(request.model)
             return await chat_via_responses.send(post, request, model=model)
         return await self.post(client, url, headers, request.body)
