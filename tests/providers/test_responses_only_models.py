@@ -25,6 +25,7 @@ from asgi_autoproxy import (
     AutoProxyMiddleware,
     AzureOpenAIProvider,
     OpenAIProvider,
+    RetryPolicy,
     openapi_document,
 )
 from tests.conftest import CALLER_KEY, SERVER_KEY, inner_app
@@ -63,15 +64,15 @@ def data_events(text: str) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def _servers() -> Iterator[list[tuple[FakeResponses, ServerThread]]]:
-    with serve_fleet(FakeResponses, 1) as fleet:
+    with serve_fleet(FakeResponses, 2) as fleet:
         yield fleet
 
 
 @pytest.fixture
 def fake(_servers: list[tuple[FakeResponses, ServerThread]]) -> FakeResponses:
-    fake, _ = _servers[0]
-    fake.reset()
-    return fake
+    for each, _ in _servers:
+        each.reset()
+    return _servers[0][0]
 
 
 @pytest.fixture
@@ -334,6 +335,32 @@ async def test_whole_answers_are_cached_on_the_callers_chat_payload(
     assert second.content == first.content
     assert other.headers["x-bt-cached"] == "MISS"
     assert len(fake.requests) == 2
+
+
+async def test_a_rate_limited_provider_fails_over_to_the_next(
+    _servers: list[tuple[FakeResponses, ServerThread]], fake: FakeResponses
+) -> None:
+    fake.scenario = "rate_limited"
+    backup = _servers[1][0]
+    providers = [
+        OpenAIProvider(base_url=server.url + "/v1", api_key=SERVER_KEY, name=name)
+        for (_, server), name in zip(_servers, ("primary", "backup"), strict=True)
+    ]
+    app = AutoProxyMiddleware(
+        inner_app(), providers=providers, retry=RetryPolicy(max_retries=0), allow_anonymous=True
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        whole = await client.post("/v1/proxy/auto", json=chat())
+        streamed = await client.post("/v1/proxy/auto", json=chat(stream=True))
+    await app.aclose()
+    assert whole.headers["x-bt-used-endpoint"] == "backup"
+    assert ChatCompletion.model_validate(whole.json()).choices[0].message.content == TEXT
+    assert streamed.headers["x-bt-used-endpoint"] == "backup"
+    assert data_events(streamed.text)[-1] == "[DONE]"
+    assert [len(fake.requests), len(backup.requests)] == [2, 2]
+    assert all(r.path == "/v1/responses" for r in backup.requests)
 
 
 # -- streams ----------------------------------------------------------------------------
