@@ -219,41 +219,38 @@ def _model(*refused: str) -> dict[str, Any]:
     """A model name; ``/auto`` refuses the built-in catalog's models of the ``refused``
     flavours for this body shape, so a schema-valid request never meets that 400."""
     names = [name for name, flavor in BUILTIN_CATALOG.items() if flavor in refused]
-    globs = [name for name in names if _is_glob(name)]
+    globs = [name for name in names if any(ch in name for ch in "*?[")]
     # An exact name that a refused glob matches already needs no pattern of its own.
     kept = [n for n in names if n in globs or not any(fnmatch.fnmatchcase(n, g) for g in globs)]
+    patterns = [_glob_pattern(name) for name in kept]
     return {
         "type": "string",
         "minLength": 1,
         "pattern": "[^ \\t\\r\\n]",
-        "not": {"anyOf": [{"pattern": _ecma_pattern(name)} for name in kept]},
+        "not": {"anyOf": [{"pattern": pattern} for pattern in patterns]},
     }
 
 
-def _is_glob(name: str) -> bool:
-    return any(ch in name for ch in "*?[")
-
-
-def _ecma_pattern(glob: str) -> str:
-    """A catalog glob (``*``, ``?``, ``[3-9]``) as an ECMA-262 pattern."""
+def _glob_pattern(glob: str) -> str:
+    """A catalog glob (fnmatch: ``*``, ``?``, ``[0-9]``, ``[!0-9]``) as an ECMA-262 pattern."""
     out = ["^"]
-    i = 0
-    while i < len(glob):
-        ch = glob[i]
-        end = glob.find("]", i + 2) if ch == "[" else -1
+    position = 0
+    while position < len(glob):
+        ch = glob[position]
+        end = glob.find("]", position + 2) if ch == "[" else -1
         if ch == "*":
             out.append(".*")
         elif ch == "?":
             out.append(".")
         elif end != -1:
-            inner = glob[i + 1 : end]
-            negate = inner.startswith("!")
-            body = inner[1:] if negate else inner
+            inside = glob[position + 1 : end]
+            negate = inside.startswith("!")
+            body = inside[1:] if negate else inside
             out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
-            i = end
+            position = end
         else:
             out.append(_ecma_escape(ch))
-        i += 1
+        position += 1
     return "".join(out) + "$"
 
 
@@ -314,7 +311,7 @@ def _components() -> dict[str, Any]:
                 "required": ["model", "prompt"],
                 "properties": {
                     **common,
-                    "model": _model("embedding", "chat"),
+                    "model": _model("embedding", "chat", "responses"),
                     "prompt": {
                         "anyOf": [
                             {"type": "string"},

@@ -1,8 +1,9 @@
 """What the proxy knows about a model: its API flavour, wire format, price and the
 parameters it refuses.
 
-``/auto`` needs the flavour to pick an upstream API (chat, completion, responses;
-embedding models are refused there). The built-in knowledge is data: ``models.json``
+``/auto`` needs the flavour to pick an upstream API: chat, completion, or responses
+for models only the Responses API serves (their chat requests are translated);
+embedding models are refused there. The built-in knowledge is data: ``models.json``
 in this package, in the format a user's own catalog file uses too (see the README).
 Exact names win over glob patterns, and user entries win over the built-in ones, field
 by field: a user entry that gives only a flavour keeps the built-in price.
