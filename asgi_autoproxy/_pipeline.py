@@ -151,17 +151,27 @@ class Pipeline:
                 await send_json(call, 200, _json.dumps(route.answer(self.router)))
                 return
             body = await read_body()
+            if route.reply is not None:  # answered here, from the parsed body (/credentials)
+                assert route.parse is not None
+                reply = route.reply(route.parse(body, self._limits.max_json_depth), caller)
+                await send_json(call, 200, _json.dumps(reply))
+                return
             digest = remembered = None
             if self.plan_memo is not None and route.cacheable:
                 cache_caller = self._cache_caller(caller.cache_scope)
                 has_key = caller.credential is not None
                 digest = request_digest(route.name, cache_caller, has_key, headers, body)
                 remembered = self.plan_memo.get(digest)
-                if remembered is not None and await self._serve_cached(call, remembered):
+                if (
+                    remembered is not None
+                    and caller.allows(remembered.model)  # a token's models hold on hits too
+                    and await self._serve_cached(call, remembered)
+                ):
                     return
             assert route.parse is not None and route.endpoint is not None
             payload = route.parse(body, self._limits.max_json_depth)
             model = payload["model"]
+            caller.check_model(model)  # a temporary credential's models: 403 for others
             endpoint: Endpoint = route.endpoint(self.router, model, payload)
             candidates = self.router.candidates(model, endpoint)
             credential = caller.credential

@@ -32,8 +32,14 @@ from asgi_autoproxy._cache.backends.memory import MemoryCache
 from asgi_autoproxy._cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from asgi_autoproxy._cache.store import CacheStats, ResponseCache
 from asgi_autoproxy._call import Call, send_error
+from asgi_autoproxy._cors import CorsOrigin, CorsPolicy
 from asgi_autoproxy._deadline import Deadline
 from asgi_autoproxy._gate.auth import Authenticate, CallerAuth
+from asgi_autoproxy._gate.credentials import (
+    TemporaryCredentials,
+    parse_credential_request,
+    secret_from_env,
+)
 from asgi_autoproxy._gate.limits import RateLimit, RequestLimits
 from asgi_autoproxy._headers import (
     RequestHeaders,
@@ -109,6 +115,10 @@ class AutoProxyMiddleware:
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         on_request: RequestHook | None = None,
         http_transport: TransportChoice = "auto",
+        credentials_secret: str | None = None,
+        credentials_denylist: bool = False,
+        cors_origins: Sequence[CorsOrigin] | None = None,
+        cors_allow_credentials: bool = False,
         **moved: Unpack[MovedKeywords],
     ) -> None:
         if not path.startswith("/") or path.endswith("/"):
@@ -121,12 +131,22 @@ class AutoProxyMiddleware:
         self._body_deadline = (
             None if limits.request_read_timeout is None else Deadline(limits.request_read_timeout)
         )
+        backend = MemoryCache() if isinstance(cache, _Default) else cache
         # Auth and limits live in their own modules; both validate here, at start-up.
+        self._credentials = _temporary_credentials(
+            credentials_secret, credentials_denylist, backend, cache_options.timeout
+        )
         auth = CallerAuth(
             self.router.providers,
             authenticate=authenticate,
             api_keys=api_keys,
             allow_anonymous=allow_anonymous,
+            credentials=self._credentials,
+        )
+        self._cors = (
+            None
+            if cors_origins is None
+            else CorsPolicy(cors_origins, allow_credentials=cors_allow_credentials)
         )
         request_limits = RequestLimits(
             max_header_count=limits.max_header_count,
@@ -138,7 +158,7 @@ class AutoProxyMiddleware:
         # Longest first, so a key that contains another is replaced whole.
         found = {s for p in self.router.providers for s in provider_secrets(p)}
         secrets = tuple(sorted(found, key=len, reverse=True))
-        self._routes = route_table(path, siblings=sibling_routes)
+        self._routes = route_table(path, siblings=sibling_routes, credentials=self._credentials)
         if timeout is None:
             client_timeout = DEFAULT_TIMEOUT
         elif isinstance(timeout, httpx.Timeout):
@@ -147,7 +167,6 @@ class AutoProxyMiddleware:
             client_timeout = httpx.Timeout(timeout)
         if not MIN_TTL <= cache_ttl <= MAX_TTL:
             raise ValueError(f"cache_ttl must be between {MIN_TTL} and {MAX_TTL} seconds")
-        backend = MemoryCache() if isinstance(cache, _Default) else cache
         self._cache = (
             None
             if backend is None
@@ -195,6 +214,11 @@ class AutoProxyMiddleware:
         if kind == "http":
             route = self._routes.get(route_path(scope))
             if route is not None:
+                if self._cors is not None:  # a preflight is answered there and then
+                    cors_send = await self._cors.gate(scope, route.method, send)
+                    if cors_send is None:
+                        return
+                    send = cors_send
                 await self._handle(route, scope, receive, send)
                 return
         elif kind == "lifespan":
@@ -258,6 +282,34 @@ class AutoProxyMiddleware:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def issue_credential(
+        self, caller_id: str, *, model: str | Sequence[str] | None = None, ttl_seconds: int = 600
+    ) -> str:
+        """A temporary credential for ``caller_id``, as ``POST {prefix}/credentials``
+        gives one, for an app that decides who its callers are itself (a logged-in
+        page). ``model``: one name, several, or None for any."""
+        if self._credentials is None:
+            raise RuntimeError("temporary credentials are off: pass credentials_secret=")
+        if not isinstance(caller_id, str) or not caller_id:
+            raise ValueError("caller_id must be a non-empty string")
+        wanted = parse_credential_request(
+            {
+                "model": model if model is None or isinstance(model, str) else list(model),
+                "ttl_seconds": ttl_seconds,
+            }
+        )
+        return self._credentials.issue(
+            caller_id, models=wanted.models, ttl_seconds=wanted.ttl_seconds
+        )
+
+    async def revoke_credential(self, token_or_jti: str) -> str:
+        """Refuse a temporary credential (the token, or its ``jti``) from now on, on every
+        instance that shares the cache backend; returns the ``jti``. Needs
+        ``credentials_denylist=True``."""
+        if self._credentials is None:
+            raise RuntimeError("temporary credentials are off: pass credentials_secret=")
+        return await self._credentials.revoke(token_or_jti)
+
     @property
     def closed(self) -> bool:
         """True once ``aclose()`` has finished."""
@@ -295,6 +347,7 @@ class AutoProxyMiddleware:
                 method=scope["method"],
                 route=route.name,
                 caller_id=None if call.caller is None else call.caller.id,
+                credential_id=_credential_id(call),
             )
             await self._reporter.report(record)
 
@@ -318,6 +371,31 @@ class AutoProxyMiddleware:
             await call.end_stream(error_event(error.to_dict()))
         elif not call.started:
             await send_error(call, error)
+
+
+def _temporary_credentials(
+    secret: str | None, denylist: bool, backend: CacheBackend | None, timeout: float
+) -> TemporaryCredentials | None:
+    """From ``credentials_secret=`` or its environment variable; None (the route off)
+    without either."""
+    if secret is None:
+        secret = secret_from_env()
+    if secret is None:
+        if denylist:
+            raise ValueError("credentials_denylist=True needs credentials_secret= (or its env var)")
+        return None
+    if denylist and backend is None:
+        raise ValueError("credentials_denylist=True keeps the denylist in the cache: pass a cache")
+    return TemporaryCredentials(
+        secret,
+        denylist=backend if denylist else None,
+        denylist_timeout=None if isinstance(backend, MemoryCache) else timeout,
+    )
+
+
+def _credential_id(call: Call) -> str | None:
+    grant = None if call.caller is None else call.caller.grant
+    return None if grant is None else grant.jti
 
 
 def _request_id(given: str | None, credential: str | None) -> str:
