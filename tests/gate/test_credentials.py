@@ -386,11 +386,12 @@ def test_expiry_follows_the_clock() -> None:
 def tampered_tokens(good: str) -> dict[str, str]:
     head, body, signature = good.split(".")
     payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
     none_head = b64(json.dumps({"alg": "none", "typ": "JWT", "kid": KEY_ID}).encode())
     widened = b64(json.dumps({**payload, "sub": "bob", "models": None}).encode())
     return {
         "payload edited, old signature": f"{head}.{widened}.{signature}",
-        "signature flipped": f"{head}.{body}.{signature[:-2]}{'A' if signature[-2] != 'A' else 'B'}{signature[-1]}",
+        "signature flipped": f"{head}.{body}.{flipped}",
         "alg none": f"{none_head}.{widened}.",
         "alg none with signature": f"{none_head}.{widened}.{signature}",
         "HS512 with the same secret": hs512(good_claims()),
