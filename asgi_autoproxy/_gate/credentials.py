@@ -130,7 +130,8 @@ def parse_credential_request(payload: Mapping[str, Any]) -> CredentialRequest:
 
 
 def _model_name(name: object) -> str:
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_MODEL_LENGTH:
+    # ASCII blanks only, as for a request's model: the OpenAPI pattern says the same.
+    if not isinstance(name, str) or not name.strip(" \t\r\n") or len(name) > MAX_MODEL_LENGTH:
         raise bad_request(
             f"Every model in 'model' must be a non-empty string of at most "
             f"{MAX_MODEL_LENGTH} characters.",
