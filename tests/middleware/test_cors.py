@@ -212,3 +212,36 @@ async def test_host_app_routes_keep_their_own_policy(make_proxy: MakeProxy) -> N
     assert theirs.headers["access-control-allow-origin"] == "https://other.example.com"
     assert get.text == "host app" and "access-control-allow-origin" not in get.headers
     assert proxy_for_theirs.status_code == 403
+
+
+async def test_app_cors_middleware_wrapped_outside_also_works(
+    upstream_url: str, upstream: FakeUpstream
+) -> None:
+    """The other ordering the README describes: Starlette's CORSMiddleware outside the
+    proxy answers the proxy's preflights too, and exposes what it is told to."""
+    proxy = AutoProxyMiddleware(
+        Starlette(), providers=[OpenAIProvider(base_url=upstream_url)], timeout=5
+    )
+    outside = CORSMiddleware(
+        proxy,
+        allow_origins=[PAGE],
+        allow_headers=["authorization", "content-type"],
+        allow_methods=["POST"],
+        expose_headers=["x-bt-cached", "x-request-id", "x-bt-used-endpoint"],
+    )
+    try:
+        async with http(outside) as client:
+            pre = await client.options(
+                AUTO, headers=preflight_headers(PAGE, headers="authorization, content-type")
+            )
+            answer = await client.post(
+                AUTO,
+                json=chat_body(),
+                headers={"origin": PAGE, "authorization": f"Bearer {CALLER_KEY}"},
+            )
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == PAGE
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == PAGE
+        assert "x-bt-cached" in answer.headers["access-control-expose-headers"]
+    finally:
+        await proxy.aclose()
