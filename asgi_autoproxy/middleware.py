@@ -27,37 +27,28 @@ from asgi_autoproxy._asgi import (
     read_body,
     route_path,
 )
+from asgi_autoproxy._assembly import assemble
 from asgi_autoproxy._cache.backends.base import CacheBackend
 from asgi_autoproxy._cache.backends.memory import MemoryCache
-from asgi_autoproxy._cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL
-from asgi_autoproxy._cache.store import CacheStats, ResponseCache
+from asgi_autoproxy._cache.policy import DEFAULT_TTL
+from asgi_autoproxy._cache.store import CacheStats
 from asgi_autoproxy._call import Call, send_error
 from asgi_autoproxy._cors import CorsOrigin, CorsPolicy
-from asgi_autoproxy._deadline import Deadline
-from asgi_autoproxy._gate.auth import Authenticate, CallerAuth
-from asgi_autoproxy._gate.credentials import (
-    TemporaryCredentials,
-    parse_credential_request,
-    secret_from_env,
-)
-from asgi_autoproxy._gate.limits import RateLimit, RequestLimits
+from asgi_autoproxy._gate import credentials as temporary
+from asgi_autoproxy._gate.auth import Authenticate
+from asgi_autoproxy._gate.limits import RateLimit
 from asgi_autoproxy._headers import (
     RequestHeaders,
     looks_like_key,
 )
 from asgi_autoproxy._http.clients import (
-    DEFAULT_TIMEOUT,
-    SharedClients,
     TransportChoice,
-    default_client_factory,
 )
-from asgi_autoproxy._pipeline import Pipeline
-from asgi_autoproxy._routes import Route, route_table
-from asgi_autoproxy._routing.model_router import ModelRouter
+from asgi_autoproxy._pipeline import ProxyRequest
+from asgi_autoproxy._routes import Route
 from asgi_autoproxy._shutdown import InFlightRequests, close_backend
 from asgi_autoproxy._sse import error_event
-from asgi_autoproxy._upstream.dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
-from asgi_autoproxy._upstream.redact import provider_secrets
+from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
 from asgi_autoproxy.errors import (
     server_shutting_down,
@@ -121,91 +112,56 @@ class AutoProxyMiddleware:
         cors_allow_credentials: bool = False,
         **moved: Unpack[MovedKeywords],
     ) -> None:
-        if not path.startswith("/") or path.endswith("/"):
-            raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
         # Checked, with the flat keywords of the last release applied (config.py).
         limits, cache_options = moved_keywords(moved, limits=limits, cache_options=cache_options)
-        self.app = app
-        self.router = ModelRouter(providers, model_catalog)
-        self.max_body_size = limits.max_body_size
-        self._body_deadline = (
-            None if limits.request_read_timeout is None else Deadline(limits.request_read_timeout)
-        )
+        if shutdown_grace < 0:
+            raise ValueError("shutdown_grace must be zero or more seconds")
         backend = MemoryCache() if isinstance(cache, _Default) else cache
-        # Auth and limits live in their own modules; both validate here, at start-up.
-        self._credentials = _temporary_credentials(
-            credentials_secret, credentials_denylist, backend, cache_options.timeout
-        )
-        auth = CallerAuth(
-            self.router.providers,
-            authenticate=authenticate,
-            api_keys=api_keys,
-            allow_anonymous=allow_anonymous,
-            credentials=self._credentials,
+        self._credentials = temporary.from_settings(
+            credentials_secret,
+            denylist=credentials_denylist,
+            store=backend,
+            timeout=cache_options.timeout,
         )
         self._cors = (
             None
             if cors_origins is None
             else CorsPolicy(cors_origins, allow_credentials=cors_allow_credentials)
         )
-        request_limits = RequestLimits(
-            max_header_count=limits.max_header_count,
-            max_header_bytes=limits.max_header_bytes,
-            max_json_depth=limits.max_json_depth,
-            max_concurrent_upstream=limits.max_concurrent_upstream,
-            rate_limit=rate_limit,
-        )
-        # Longest first, so a key that contains another is replaced whole.
-        found = {s for p in self.router.providers for s in provider_secrets(p)}
-        secrets = tuple(sorted(found, key=len, reverse=True))
-        self._routes = route_table(path, siblings=sibling_routes, credentials=self._credentials)
-        if timeout is None:
-            client_timeout = DEFAULT_TIMEOUT
-        elif isinstance(timeout, httpx.Timeout):
-            client_timeout = timeout
-        else:
-            client_timeout = httpx.Timeout(timeout)
-        if not MIN_TTL <= cache_ttl <= MAX_TTL:
-            raise ValueError(f"cache_ttl must be between {MIN_TTL} and {MAX_TTL} seconds")
-        self._cache = (
-            None
-            if backend is None
-            else ResponseCache(backend, timeout=cache_options.timeout, clock=cache_options.clock)
-        )
-        # Several providers for one model: balancing, failover, retries (_upstream/dispatch.py).
-        dispatcher = Dispatcher(
+        parts = assemble(
+            providers=providers,
+            path=path,
+            model_catalog=model_catalog,
+            sibling_routes=sibling_routes,
+            limits=limits,
+            timeout=timeout,
+            http_client=http_client,
+            cache=backend,
+            cache_ttl=cache_ttl,
+            cache_options=cache_options,
             load_balancing=load_balancing,
             weights=weights,
             retry=retry,
             cooldown=cooldown,
-            provider_names=[p.name for p in self.router.providers],
+            authenticate=authenticate,
+            api_keys=api_keys,
+            allow_anonymous=allow_anonymous,
+            rate_limit=rate_limit,
+            http_transport=http_transport,
+            credentials=self._credentials,
         )
-        self._clients = SharedClients(
-            client=http_client, factory=default_client_factory(client_timeout, http_transport)
-        )
-        # Fault tolerance and observability (see _shutdown.py, _idle_timeout.py, observability.py).
-        if shutdown_grace < 0:
-            raise ValueError("shutdown_grace must be zero or more seconds")
+        self.app = app
+        self._pipeline = parts.pipeline
+        self.router = parts.pipeline.router
+        self._routes = parts.routes
+        self._clients = parts.clients
+        self._cache = parts.cache
+        self.max_body_size = parts.max_body_size
+        self._body_deadline = parts.body_deadline
         self._shutdown_grace = shutdown_grace
         self._in_flight = InFlightRequests()
         self._closed = False
         self._reporter = RequestReporter(on_request)
-        self._pipeline = Pipeline(
-            router=self.router,
-            auth=auth,
-            limits=request_limits,
-            secrets=secrets,
-            cache=self._cache,
-            cache_ttl=cache_ttl,
-            share_cache=cache_options.share_across_callers,
-            coalesce_timeout=cache_options.coalesce_timeout,
-            max_follower_lag=cache_options.max_follower_lag,
-            dispatcher=dispatcher,
-            clients=self._clients,
-            max_response_size=limits.max_response_size,
-            max_event_size=limits.max_event_size,
-            stream_idle_timeout=limits.stream_idle_timeout,
-        )
 
     # -- ASGI entry point -------------------------------------------------------------
 
@@ -292,12 +248,8 @@ class AutoProxyMiddleware:
             raise RuntimeError("temporary credentials are off: pass credentials_secret=")
         if not isinstance(caller_id, str) or not caller_id:
             raise ValueError("caller_id must be a non-empty string")
-        wanted = parse_credential_request(
-            {
-                "model": model if model is None or isinstance(model, str) else list(model),
-                "ttl_seconds": ttl_seconds,
-            }
-        )
+        listed = model if model is None or isinstance(model, str) else list(model)
+        wanted = temporary.parse_credential_request({"model": listed, "ttl_seconds": ttl_seconds})
         return self._credentials.issue(
             caller_id, models=wanted.models, ttl_seconds=wanted.ttl_seconds
         )
@@ -360,7 +312,7 @@ class AutoProxyMiddleware:
                 receive, self.max_body_size, headers.content_length, self._body_deadline
             )
 
-        await self._pipeline.serve(route, call, scope, headers, receive, body)
+        await self._pipeline.serve(ProxyRequest(route, scope, headers, receive, body), call)
 
     async def _cut_short(self, call: Call) -> None:
         if call.trace.completed:
@@ -371,26 +323,6 @@ class AutoProxyMiddleware:
             await call.end_stream(error_event(error.to_dict()))
         elif not call.started:
             await send_error(call, error)
-
-
-def _temporary_credentials(
-    secret: str | None, denylist: bool, backend: CacheBackend | None, timeout: float
-) -> TemporaryCredentials | None:
-    """From ``credentials_secret=`` or its environment variable; None (the route off)
-    without either."""
-    if secret is None:
-        secret = secret_from_env()
-    if secret is None:
-        if denylist:
-            raise ValueError("credentials_denylist=True needs credentials_secret= (or its env var)")
-        return None
-    if denylist and backend is None:
-        raise ValueError("credentials_denylist=True keeps the denylist in the cache: pass a cache")
-    return TemporaryCredentials(
-        secret,
-        denylist=backend if denylist else None,
-        denylist_timeout=None if isinstance(backend, MemoryCache) else timeout,
-    )
 
 
 def _credential_id(call: Call) -> str | None:

@@ -337,3 +337,21 @@ def _grant(claims: Mapping[str, Any]) -> Grant | None:
 def _denylist_key(jti: str) -> str:
     """A hex hash, as cache keys are: the backend never sees the ``jti`` itself."""
     return hashlib.sha256(_DENYLIST_LABEL + jti.encode()).hexdigest()
+
+
+def from_settings(
+    secret: str | None, *, denylist: bool, store: DenylistStore | None, timeout: float
+) -> TemporaryCredentials | None:
+    """From ``credentials_secret=`` (else its environment variable) and
+    ``credentials_denylist=``; None, the route off, without a secret."""
+    if secret is None:
+        secret = secret_from_env()
+    if secret is None:
+        if denylist:
+            raise ValueError("credentials_denylist=True needs credentials_secret= (or its env var)")
+        return None
+    if denylist and store is None:
+        raise ValueError("credentials_denylist=True keeps the denylist in the cache: pass a cache")
+    return TemporaryCredentials(
+        secret, denylist=store if denylist else None, denylist_timeout=timeout
+    )
