@@ -51,6 +51,7 @@ from asgi_autoproxy._sse import error_event
 from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
 from asgi_autoproxy.errors import (
+    ProxyError,
     server_shutting_down,
 )
 from asgi_autoproxy.observability import RequestHook, RequestReporter
@@ -249,7 +250,12 @@ class AutoProxyMiddleware:
         if not isinstance(caller_id, str) or not caller_id:
             raise ValueError("caller_id must be a non-empty string")
         listed = model if model is None or isinstance(model, str) else list(model)
-        wanted = temporary.parse_credential_request({"model": listed, "ttl_seconds": ttl_seconds})
+        try:
+            wanted = temporary.parse_credential_request(
+                {"model": listed, "ttl_seconds": ttl_seconds}
+            )
+        except ProxyError as error:  # the route's 400, as the Python caller's ValueError
+            raise ValueError(error.message) from None
         return self._credentials.issue(
             caller_id, models=wanted.models, ttl_seconds=wanted.ttl_seconds
         )

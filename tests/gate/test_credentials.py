@@ -461,8 +461,10 @@ async def test_issue_credential_in_process(proxy: AutoProxyMiddleware) -> None:
     async with http(proxy) as client:
         response = await client.post(CHAT, json=chat_body(), headers=bearer(token))
     assert response.status_code == 200
-    with pytest.raises(Exception, match="ttl_seconds"):
+    with pytest.raises(ValueError, match="ttl_seconds"):
         proxy.issue_credential("user-7", ttl_seconds=86401)
+    with pytest.raises(ValueError, match="model"):
+        proxy.issue_credential("user-7", model=[])
     with pytest.raises(ValueError, match="caller_id"):
         proxy.issue_credential("")
 
@@ -524,7 +526,7 @@ async def test_revoked_token_gets_401_others_still_work(
             401,
             "credential_revoked",
         )
-    with pytest.raises(Exception, match="signature"):
+    with pytest.raises(ValueError, match="signature"):
         await app.revoke_credential(forged(good_claims(), key="another-secret-" + "y" * 40))
 
 
