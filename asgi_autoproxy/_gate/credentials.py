@@ -19,6 +19,7 @@ import binascii
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -225,7 +226,8 @@ class TemporaryCredentials:
         return self._denylist is not None
 
     def issue(self, caller_id: str, *, models: tuple[str, ...] | None, ttl_seconds: int) -> str:
-        now = int(self._clock())
+        # Rounded up: a token lasts at least ``ttl_seconds``, never a fraction less.
+        now = math.ceil(self._clock())
         claims = {
             "iss": ISSUER,
             "sub": caller_id,

@@ -139,7 +139,7 @@ async def test_issued_token_carries_caller_models_expiry_and_jti(
     found = claims(token)
     assert found["sub"] == "alice"
     assert found["models"] == ["gpt-4o-mini"]
-    assert before + 60 <= found["exp"] <= int(time.time()) + 60
+    assert before + 60 <= found["exp"] <= int(time.time()) + 61  # rounded up, never down
     assert isinstance(found["jti"], str) and len(found["jti"]) >= 16
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
     # Each one is its own credential.
@@ -381,6 +381,14 @@ def test_expiry_follows_the_clock() -> None:
     with pytest.raises(Exception, match="expired") as caught:
         credentials.decode(token)
     assert getattr(caught.value, "status", None) == 401
+
+
+def test_a_token_lasts_at_least_its_ttl() -> None:
+    clock = Clock(now=2_000_000_000.9)
+    credentials = TemporaryCredentials(SECRET, clock=clock)
+    token = credentials.issue("alice", models=None, ttl_seconds=1)
+    clock.now += 1.0  # a whole second later: still good, though the clock's second ended
+    assert credentials.decode(token).caller_id == "alice"
 
 
 def tampered_tokens(good: str) -> dict[str, str]:
