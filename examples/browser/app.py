@@ -49,7 +49,10 @@ def build_app(
         return HTMLResponse(PAGE.replace("{{model}}", model).replace("{{proxy}}", ""))
 
     async def login(request: Request) -> Response:
-        name = str((await request.json()).get("name", "")).strip()[:40]
+        try:
+            name = str((await request.json()).get("name", "")).strip()[:40]
+        except (ValueError, AttributeError):  # not JSON, or not an object
+            name = ""
         if not name:
             return JSONResponse({"error": "Give a name to log in with."}, status_code=400)
         session = secrets.token_urlsafe(24)
