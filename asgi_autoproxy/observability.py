@@ -63,7 +63,7 @@ class RequestRecord:
     request_id: str
     method: str
     route: str
-    """Which of the proxy's routes: auto, chat, completion or models."""
+    """Which of the proxy's routes: auto, chat, completion, models or credentials."""
     endpoint: str | None
     """The upstream endpoint (chat, completion or chat_via_responses) once the request
     was understood."""
@@ -89,6 +89,8 @@ class RequestRecord:
     cost: float | None = None
     """US dollars billed upstream for this request, from ``usage`` and the catalog's
     price for the model; None when either is unknown (hits and followers included)."""
+    credential_id: str | None = None
+    """The ``jti`` of the temporary credential used, if one was (never the token itself)."""
 
     def log_fields(self) -> dict[str, Any]:
         """Flat fields for ``logging``'s ``extra=`` (names chosen not to clash with it)."""
@@ -141,6 +143,7 @@ class RequestTrace:
         method: str,
         route: str,
         caller_id: str | None,
+        credential_id: str | None = None,
     ) -> RequestRecord:
         now = time.perf_counter()
         first = self.first_byte_at
@@ -160,6 +163,7 @@ class RequestTrace:
             error=self.error,
             client_disconnected=not self.completed,
             caller_id=caller_id,
+            credential_id=credential_id,
             cost=self._cost(),
         )
 

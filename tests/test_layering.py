@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "_idle_timeout",
             "_protocols",
             "_routing.pricing",  # a value type: the request record prices its usage
+            "_cors",
         ),
     ),
     ("http", ("_http",)),
