@@ -37,6 +37,7 @@ OPTIONAL_MODULES = {
     "starlette",
     "uvicorn",
     "uvloop",
+    "jwt",
 }
 
 
