@@ -41,9 +41,9 @@ from asgi_autoproxy._http.clients import (
     SharedClients,
 )
 from asgi_autoproxy._idle_timeout import idle_limit
-from asgi_autoproxy._routes import Route
+from asgi_autoproxy._routes import Route, depends_on_server_state, passed_headers, upstream_body
 from asgi_autoproxy._routing.model_router import ModelRouter
-from asgi_autoproxy._sse import EventSplitter, error_event
+from asgi_autoproxy._sse import EventSplitter
 from asgi_autoproxy._upstream.answer_checks import StreamAudit, is_answer, json_answer
 from asgi_autoproxy._upstream.dispatch import Dispatcher
 from asgi_autoproxy._upstream.redact import scrub, scrub_headers
@@ -58,7 +58,6 @@ from asgi_autoproxy.errors import (
     upstream_too_large,
     upstream_unreachable,
 )
-from asgi_autoproxy.observability import TokenUsage
 from asgi_autoproxy.providers.base import Endpoint, Provider, UpstreamRequest, UpstreamResponse
 
 logger = logging.getLogger("asgi_autoproxy")
@@ -163,6 +162,7 @@ class Pipeline:
             payload = route.parse(body, self._limits.max_json_depth)
             model = payload["model"]
             endpoint: Endpoint = route.endpoint(self.router, model, payload)
+            sent, body = upstream_body(route, payload, body)
             candidates = self.router.candidates(model, endpoint)
             credential = caller.credential
             if credential is None:
@@ -172,7 +172,7 @@ class Pipeline:
             request = UpstreamRequest(
                 endpoint=endpoint,
                 model=model,
-                payload=payload,
+                payload=sent,
                 body=body,
                 stream=payload.get("stream") is True,
                 credential=credential,
@@ -180,9 +180,12 @@ class Pipeline:
                 endpoint_name=headers.endpoint_name,
                 max_response_size=self._max_response_size,
                 max_event_size=self._max_event_size,
+                headers=passed_headers(route, headers),
             )
             plan = (
-                self._cache_plan(headers, request, candidates, caller) if route.cacheable else None
+                self._cache_plan(route, headers, request, candidates, caller, payload)
+                if route.cacheable and not depends_on_server_state(route, payload)
+                else None
             )
             if digest is not None and plan is not None and plan.decision.read:
                 assert self.plan_memo is not None
@@ -200,19 +203,24 @@ class Pipeline:
 
     def _cache_plan(
         self,
+        route: Route,
         headers: RequestHeaders,
         request: UpstreamRequest,
         candidates: Sequence[Provider],
         caller: Caller,
+        payload: dict[str, Any],
     ) -> _CachePlan | None:
+        """``payload``: the caller's, which the key covers (a ``seed`` the upstream never
+        sees still tells two requests apart)."""
         if self._cache is None:
             return None
         decision = decide(
-            request.payload,
+            payload,
             use_cache=headers.use_cache,
             cache_ttl=headers.cache_ttl,
             cache_control=headers.cache_control,
             default_ttl=self._cache_ttl,
+            rule=route.cache_rule,
         )
         if not (decision.read or decision.write):
             return None
@@ -221,7 +229,8 @@ class Pipeline:
             # A pinned provider answers alone, so it must not share the group's entries.
             providers=request.endpoint_name or ",".join(p.name for p in candidates),
             caller=self._cache_caller(caller.cache_scope),  # hashed only here, when needed
-            payload=request.payload,
+            payload=payload,
+            headers=request.headers,
         )
         return _CachePlan(decision, key, request.model, request.endpoint)
 
@@ -389,9 +398,11 @@ class Pipeline:
         answer: dict[str, Any] | None = None
         if 200 <= status < 300:
             answer = json_answer(provider.name, body)
-            call.trace.usage = TokenUsage.parse(answer.get("usage"))
+            call.trace.usage = call.dialect.usage(answer)
         if status >= 400 and not _is_openai_error(body):
-            body = self._unshaped_error(provider, response, call.request_id)
+            body = call.dialect.error_body(
+                self._unshaped_error(provider, response, call.request_id)
+            )
             headers = [(k, v) for k, v in headers if k != "content-type"]
             headers.append(("content-type", "application/json"))
         encoded = self._answer_headers(headers)
@@ -416,8 +427,8 @@ class Pipeline:
 
     def _unshaped_error(
         self, provider: Provider, response: UpstreamResponse, request_id: str
-    ) -> bytes:
-        """An OpenAI-shaped body for an error answer without one (a wrong base URL's 404
+    ) -> ProxyError:
+        """The error to answer for an error answer without an error body (a wrong base URL's 404
         page, a gateway's 502), naming what was called: the status alone does not say
         that the URL is wrong. Logged too, as the request log line only has the status."""
         status = response.status
@@ -440,7 +451,7 @@ class Pipeline:
             f"OpenAI-style error body.{hint}",
             type="upstream_error",
             code=f"upstream_{status}",
-        ).to_body()
+        )
 
     async def _relay_stream(
         self,
@@ -478,7 +489,7 @@ class Pipeline:
         """Relay the upstream's events to ``call``, or into a ``shared`` flight; store a
         whole stream. Returns the error event that ends a broken stream, else b""."""
         splitter = EventSplitter(self._max_event_size)
-        audit = StreamAudit()  # how the stream ends, malformed events, token usage
+        audit = StreamAudit(call.dialect)  # how the stream ends, malformed events, usage
         broken: str | None = None
         too_large: ResponseTooLarge | None = None
         async with idle_limit(self._stream_idle_timeout) as idle:
@@ -521,7 +532,7 @@ class Pipeline:
         call.trace.usage = audit.usage
         failed = audit.failed
         if broken is None and not audit.finished:
-            broken = "it closed before sending [DONE]"
+            broken = f"it closed before sending {call.dialect.ending}"
         tail = b""
         if broken is not None:
             logger.warning(
@@ -536,7 +547,7 @@ class Pipeline:
                 else upstream_too_large(provider.name, too_large)
             )
             call.trace.error = error.code
-            tail = error_event(error.to_dict())
+            tail = call.dialect.error_event(error)
         if flight is not None:
             if plan is not None and plan.decision.write and broken is None and not failed:
                 # Stored before the flight ends: its end ends the caller's stream too, and
@@ -608,15 +619,15 @@ class Pipeline:
             # The event waits for the client to read; past the grace it is cut (the
             # server closes a connection whose response did not end).
             with anyio.move_on_after(_DROPPED_GRACE):
-                await call.end_stream(error_event(error.to_dict()))
+                await call.end_stream(call.dialect.error_event(error))
             # Nothing more goes out, a shutdown's last words included: the leader's task
             # may read on for the followers long after its own client was dropped.
             call.connected = False
             return
         tail = flight.broken_tail
         if flight.state in ("failed", "abandoned") and not tail:
-            tail = error_event(
-                upstream_stream_broken("coalesced", "the request it joined was abandoned").to_dict()
+            tail = call.dialect.error_event(
+                upstream_stream_broken("coalesced", "the request it joined was abandoned")
             )
         await call.end_stream(tail)
 

@@ -49,7 +49,6 @@ from asgi_autoproxy._pipeline import Pipeline
 from asgi_autoproxy._routes import Route, route_table
 from asgi_autoproxy._routing.model_router import ModelRouter
 from asgi_autoproxy._shutdown import InFlightRequests, close_backend
-from asgi_autoproxy._sse import error_event
 from asgi_autoproxy._upstream.dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
 from asgi_autoproxy._upstream.redact import provider_secrets
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
@@ -272,7 +271,11 @@ class AutoProxyMiddleware:
     async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """One request, tracked for graceful shutdown and reported once it ends."""
         headers = RequestHeaders(scope["headers"])
-        call = Call(request_id=_request_id(headers.request_id, headers.credential), send=send)
+        call = Call(
+            request_id=_request_id(headers.request_id, headers.credential),
+            send=send,
+            dialect=route.dialect,
+        )
         if self._closed:  # no new client, no upstream call: say so, in OpenAI's shape
             await send_error(call, server_shutting_down())
             return
@@ -315,7 +318,7 @@ class AutoProxyMiddleware:
         error = server_shutting_down()
         call.trace.error = error.code
         if call.trace.streaming:
-            await call.end_stream(error_event(error.to_dict()))
+            await call.end_stream(call.dialect.error_event(error))
         elif not call.started:
             await send_error(call, error)
 

@@ -15,8 +15,17 @@ from asgi_autoproxy._http.clients import direct_lane
 from asgi_autoproxy._http.decoding import decoded_chunks
 from asgi_autoproxy.errors import ResponseTooLarge
 
-Endpoint = Literal["chat", "completion"]
-ENDPOINT_PATHS: dict[Endpoint, str] = {"chat": "chat/completions", "completion": "completions"}
+Endpoint = Literal["chat", "completion", "embeddings", "moderations", "responses", "messages"]
+"""The upstream APIs: OpenAI's five, and Anthropic's native Messages API (``messages``)."""
+ENDPOINT_PATHS: dict[Endpoint, str] = {
+    "chat": "chat/completions",
+    "completion": "completions",
+    "embeddings": "embeddings",
+    "moderations": "moderations",
+    "responses": "responses",
+}
+"""Where an OpenAI-compatible server serves each of its endpoints, below its base URL."""
+OPENAI_ENDPOINTS: tuple[Endpoint, ...] = tuple(ENDPOINT_PATHS)
 
 
 @dataclass(slots=True)
@@ -43,6 +52,9 @@ class UpstreamRequest:
     """The most bytes of a whole answer to read, decoded; pass it to ``read``."""
     max_event_size: int | None = None
     """The most bytes of one SSE event; pass it to ``EventSplitter``."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """Caller headers the route passes upstream (``anthropic-version``...): lower-case
+    names, each once. A provider adds them to its own where it speaks that API."""
 
 
 def shown_url(url: str | httpx.URL) -> str:
