@@ -14,7 +14,7 @@ import pytest
 
 from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, openapi_document
 from asgi_autoproxy._cache.remembered_plans import request_digest
-from asgi_autoproxy._headers import PLAN_HEADERS, RequestHeaders
+from asgi_autoproxy._headers import FORWARDABLE, PLAN_HEADERS, RequestHeaders
 from tests.conftest import CALLER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 
@@ -57,6 +57,17 @@ def test_the_digest_tells_each_table_header_apart(name: bytes) -> None:
 
     digests = {digest(), digest((name, first.encode())), digest((name, second.encode()))}
     assert len(digests) == 3
+
+
+@pytest.mark.parametrize("name", sorted(FORWARDABLE), ids=[n.decode() for n in sorted(FORWARDABLE)])
+def test_the_digest_tells_each_forwardable_header_apart(name: bytes) -> None:
+    """A route that passes it upstream keys its entries by it (anthropic-beta...), so a
+    plan remembered without it must never serve a request with it."""
+
+    def digest(*raw: tuple[bytes, bytes]) -> object:
+        return request_digest("anthropic", "caller", True, RequestHeaders(raw), b"{}")
+
+    assert len({digest(), digest((name, b"a")), digest((name, b"b"))}) == 3
 
 
 async def post(app: AutoProxyMiddleware, body: Any, headers: dict[str, str]) -> httpx.Response:
