@@ -182,7 +182,8 @@ SIBLINGS = (
         method="POST",
         parse=parse_openai_payload,
         endpoint=_always("responses"),
-        server_state=("previous_response_id", "conversation", "store"),
+        # `background`: the answer is a placeholder for work done upstream.
+        server_state=("previous_response_id", "conversation", "store", "background"),
         upstream_omits=("seed",),
         dialect=RESPONSES,
     ),

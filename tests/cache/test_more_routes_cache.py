@@ -167,6 +167,28 @@ async def test_usage_reaches_the_hook(
     assert (moderated.route, moderated.model) == ("moderations", "omni-moderation-latest")
 
 
+async def test_usage_of_whole_responses_and_messages_reaches_the_hook(
+    proxy: AutoProxyMiddleware,
+    upstream: FakeUpstream,
+    claude: FakeAnthropic,
+    records: list[RequestRecord],
+) -> None:
+    claude.scenario = "cache"
+    await post(proxy, "/responses", responses())
+    await post(proxy, "/anthropic/v1/messages", messages())
+    [responded, messaged] = records
+    assert (responded.route, responded.endpoint) == ("responses", "responses")
+    assert responded.usage is not None
+    assert (responded.usage.prompt_tokens, responded.usage.completion_tokens) == (5, 3)
+    assert (messaged.route, messaged.endpoint, messaged.provider) == (
+        "anthropic",
+        "messages",
+        "claude",
+    )
+    assert messaged.usage is not None
+    assert (messaged.usage.prompt_tokens, messaged.usage.total_tokens) == (165, 177)
+
+
 async def test_an_upstream_error_is_never_cached(
     proxy: AutoProxyMiddleware, upstream: FakeUpstream
 ) -> None:
@@ -193,6 +215,7 @@ async def test_an_upstream_error_is_never_cached(
         (responses(temperature=0, previous_response_id="resp_1"), {}, False),
         (responses(temperature=0, store=True), {}, False),
         (responses(seed=1, conversation="conv_1"), {"x-bt-use-cache": "always"}, False),
+        (responses(temperature=0, background=True), {}, False),
     ],
 )
 async def test_responses_follow_chats_rule(
