@@ -436,3 +436,21 @@ async def test_chat_routes_keep_openais_shape(proxy: AutoProxyMiddleware) -> Non
             answer = await client.post(PREFIX + route, json={"model": "m"})
             assert answer.status_code == 401
             assert set(answer.json()) == {"error"}
+
+
+async def test_a_closed_proxy_answers_each_route_in_its_own_shape(
+    make_proxy: MakeProxy, upstream_url: str, claude_url: str
+) -> None:
+    providers = [
+        AnthropicProvider(base_url=claude_url, name="claude"),
+        OpenAIProvider(base_url=upstream_url, name="fake"),
+    ]
+    app = make_proxy(providers=providers)
+    await app.aclose()
+    anthropic = await post(app, "/anthropic/v1/messages", messages())
+    embeddings = await post(app, "/embeddings", embedding())
+    assert anthropic.status_code == embeddings.status_code == 503
+    assert anthropic.json()["error"]["type"] == "overloaded_error"
+    assert anthropic.json()["error"]["code"] == "server_shutting_down"
+    assert embeddings.json()["error"]["code"] == "server_shutting_down"
+    assert "type" not in embeddings.json()
