@@ -5,7 +5,8 @@ steering object, then hands these routes here. A Responses stream is the API's n
 events (``event: response.output_text.delta``...), ending with ``response.completed``;
 ``fake`` steers it as for chat (``chunks``, ``delay``, ``no_done``: stop before the
 last event, ``error_event_after``: an ``event: error`` after that many deltas) and by
-``end``: ``"failed"`` or ``"incomplete"`` for that final event instead.
+``end``: ``"failed"`` or ``"incomplete"`` for that final event instead; ``done``: a
+chat-style ``data: [DONE]`` after it, as some compatible servers send.
 """
 
 from __future__ import annotations
@@ -192,4 +193,6 @@ async def send_response_stream(
         await send({"type": "http.response.body", "body": event, "more_body": True})
         if delay:
             await asyncio.sleep(delay)
+    if fake.get("done"):
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

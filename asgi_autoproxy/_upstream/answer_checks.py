@@ -19,6 +19,8 @@ from asgi_autoproxy._upstream.dialects import OPENAI, Dialect
 from asgi_autoproxy.errors import upstream_invalid_response
 from asgi_autoproxy.observability import TokenUsage
 
+DONE = b"[DONE]"
+
 # What a 2xx answer must hold to be cached, by endpoint: a field and its type. A new
 # endpoint adds its row; an endpoint without one is never cached.
 ANSWER_FIELDS: Mapping[str, tuple[str, type]] = {
@@ -93,8 +95,11 @@ class StreamAudit:
         if name in dialect.failure_events:
             self.finished = self.failed = True
             return True
-        if dialect.end_data is not None and data.strip() == dialect.end_data:
+        stripped = data.strip()
+        if dialect.end_data is not None and stripped == dialect.end_data:
             self.finished = True
+            return True
+        if stripped == DONE:  # some servers end other APIs' streams with chat's marker too
             return True
         try:
             payload: Any = _json.loads(data)

@@ -264,6 +264,26 @@ async def test_responses_stream_replay_is_byte_identical(
     assert (records[0].usage.prompt_tokens, records[0].usage.completion_tokens) == (5, 3)
 
 
+async def test_a_trailing_done_marker_is_harmless(
+    proxy: AutoProxyMiddleware, upstream: FakeUpstream
+) -> None:
+    body = responses(temperature=0, stream=True, fake={"done": True})
+    first = await post(proxy, "/responses", body)
+    second = await post(proxy, "/responses", body)
+    assert first.content.endswith(b"data: [DONE]\n\n")
+    assert b"event: error" not in first.content
+    assert second.headers["x-bt-cached"] == "HIT" and second.content == first.content
+
+
+async def test_done_alone_does_not_end_a_responses_stream(
+    proxy: AutoProxyMiddleware, upstream: FakeUpstream
+) -> None:
+    body = responses(temperature=0, stream=True, fake={"no_done": True, "done": True})
+    first = await post(proxy, "/responses", body)
+    assert first.content.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].startswith(b"event: error\n")
+    assert (await post(proxy, "/responses", body)).headers["x-bt-cached"] == "MISS"
+
+
 async def test_incomplete_response_is_an_answer(
     proxy: AutoProxyMiddleware, upstream: FakeUpstream
 ) -> None:
@@ -454,3 +474,22 @@ async def test_a_closed_proxy_answers_each_route_in_its_own_shape(
     assert anthropic.json()["error"]["code"] == "server_shutting_down"
     assert embeddings.json()["error"]["code"] == "server_shutting_down"
     assert "type" not in embeddings.json()
+
+
+async def test_identical_response_streams_in_flight_share_one_call(
+    proxy: AutoProxyMiddleware, upstream: FakeUpstream, records: list[RequestRecord]
+) -> None:
+    """Followers get the leader's named events as they come, byte for byte."""
+    body = responses(temperature=0, stream=True, fake={"chunks": 4, "delay": 0.05})
+    answers: list[httpx.Response] = []
+
+    async def one() -> None:
+        answers.append(await post(proxy, "/responses", body))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(4):
+            group.start_soon(one)
+    assert upstream.calls == 1
+    assert len({a.content for a in answers}) == 1
+    assert answers[0].content.count(b"event: response.output_text.delta\n") == 4
+    assert sorted(r.cache or "" for r in records) == ["COALESCED"] * 3 + ["MISS"]
