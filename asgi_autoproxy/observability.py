@@ -60,8 +60,8 @@ class RequestRecord:
     """Which of the proxy's routes: auto, chat, completion, models, embeddings,
     moderations, responses or anthropic."""
     endpoint: str | None
-    """The upstream endpoint (chat, completion, embeddings, moderations, responses or
-    messages) once the request was understood."""
+    """The upstream endpoint (chat, completion, chat_via_responses, embeddings,
+    moderations, responses or messages) once the request was understood."""
     model: str | None
     provider: str | None
     """The provider that answered; None when none did (cache hit, refused, unreachable)."""

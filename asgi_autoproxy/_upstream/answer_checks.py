@@ -26,6 +26,7 @@ DONE = b"[DONE]"
 ANSWER_FIELDS: Mapping[str, tuple[str, type]] = {
     "chat": ("choices", list),
     "completion": ("choices", list),
+    "chat_via_responses": ("choices", list),  # translated to chat by the provider
     "embeddings": ("data", list),
     "moderations": ("results", list),
     "responses": ("output", list),

@@ -15,17 +15,30 @@ from asgi_autoproxy._http.clients import direct_lane
 from asgi_autoproxy._http.decoding import decoded_chunks
 from asgi_autoproxy.errors import ResponseTooLarge
 
-Endpoint = Literal["chat", "completion", "embeddings", "moderations", "responses", "messages"]
-"""The upstream APIs: OpenAI's five, and Anthropic's native Messages API (``messages``)."""
+Endpoint = Literal[
+    "chat", "completion", "chat_via_responses", "embeddings", "moderations", "responses", "messages"
+]
+"""The upstream API a request goes to: OpenAI's chat, completions, embeddings, moderations
+and Responses APIs, and Anthropic's native Messages API (``messages``).
+``chat_via_responses``: a chat request for a model that only the Responses API serves,
+translated both ways by the provider."""
 ENDPOINT_PATHS: dict[Endpoint, str] = {
     "chat": "chat/completions",
     "completion": "completions",
+    "chat_via_responses": "responses",
     "embeddings": "embeddings",
     "moderations": "moderations",
     "responses": "responses",
 }
 """Where an OpenAI-compatible server serves each of its endpoints, below its base URL."""
-OPENAI_ENDPOINTS: tuple[Endpoint, ...] = tuple(ENDPOINT_PATHS)
+OPENAI_ENDPOINTS: tuple[Endpoint, ...] = (
+    "chat",
+    "completion",
+    "embeddings",
+    "moderations",
+    "responses",
+)
+"""What ``OpenAIProvider`` serves by default (``chat_via_responses`` comes with chat)."""
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import httpx
 
+from asgi_autoproxy.providers import chat_via_responses
 from asgi_autoproxy.providers.base import (
     ENDPOINT_PATHS,
     OPENAI_ENDPOINTS,
@@ -20,6 +21,8 @@ class OpenAIProvider(HTTPProvider):
     """Forwards the caller's JSON body, unchanged, to ``{base_url}/chat/completions``,
     ``/completions``, ``/embeddings``, ``/moderations`` or ``/responses``; ``endpoints``
     narrows that for a server that lacks some (most local servers have no moderations).
+    Chat requests for a model the catalog marks ``responses`` go to
+    ``{base_url}/responses``, translated both ways.
 
     With ``api_key=None`` the caller's own bearer key goes upstream (pass-through);
     otherwise the server-side key does and the caller's never leaves the proxy.
@@ -41,7 +44,7 @@ class OpenAIProvider(HTTPProvider):
             models=models,
             name=name,
             headers=headers,
-            endpoints=endpoints,
+            endpoints=chat_via_responses.with_responses(endpoints),
         )
         unknown = sorted(set(endpoints) - set(ENDPOINT_PATHS))
         if unknown:
@@ -59,4 +62,11 @@ class OpenAIProvider(HTTPProvider):
         key = self.key_for(request.credential)
         if key:
             headers["authorization"] = f"Bearer {key}"
-        return await self.post(client, self._urls[request.endpoint], headers, request.body)
+        url = self._urls[request.endpoint]
+        if request.endpoint == "chat_via_responses":
+
+            async def post(body: bytes) -> UpstreamResponse:
+                return await self.post(client, url, headers, body)
+
+            return await chat_via_responses.send(post, request, model=request.model)
+        return await self.post(client, url, headers, request.body)
