@@ -17,6 +17,7 @@ from asgi_autoproxy._cache.policy import MAX_TTL, MIN_TTL
 from asgi_autoproxy._cache.store import ResponseCache
 from asgi_autoproxy._deadline import Deadline
 from asgi_autoproxy._gate.auth import Authenticate, CallerAuth
+from asgi_autoproxy._gate.credentials import TemporaryCredentials
 from asgi_autoproxy._gate.limits import RateLimit, RequestLimits
 from asgi_autoproxy._http.clients import (
     DEFAULT_TIMEOUT,
@@ -66,6 +67,7 @@ def assemble(
     allow_anonymous: bool,
     rate_limit: RateLimit | None,
     http_transport: TransportChoice,
+    credentials: TemporaryCredentials | None = None,
 ) -> Assembly:
     if not path.startswith("/") or path.endswith("/"):
         raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
@@ -77,6 +79,7 @@ def assemble(
         authenticate=authenticate,
         api_keys=api_keys,
         allow_anonymous=allow_anonymous,
+        credentials=credentials,
     )
     request_limits = RequestLimits(
         max_header_count=limits.max_header_count,
@@ -137,7 +140,7 @@ def assemble(
     )
     return Assembly(
         pipeline=pipeline,
-        routes=route_table(path, siblings=sibling_routes),
+        routes=route_table(path, siblings=sibling_routes, credentials=credentials),
         clients=clients,
         cache=store,
         max_body_size=limits.max_body_size,

@@ -17,11 +17,13 @@ from typing import Any
 
 from asgi_autoproxy import _json
 from asgi_autoproxy._cache.policy import CacheRule
+from asgi_autoproxy._gate.auth import Caller
+from asgi_autoproxy._gate.credentials import TemporaryCredentials, parse_credential_request
 from asgi_autoproxy._gate.limits import check_json_depth, exceeds_parser_depth, too_deep
 from asgi_autoproxy._headers import FORWARDABLE, RequestHeaders
 from asgi_autoproxy._routing.model_router import ModelRouter
 from asgi_autoproxy._upstream.dialects import ANTHROPIC, OPENAI, RESPONSES, Dialect
-from asgi_autoproxy.errors import bad_request
+from asgi_autoproxy.errors import ProxyError, bad_request
 from asgi_autoproxy.providers.base import Endpoint
 
 ChooseEndpoint = Callable[[ModelRouter, str, Mapping[str, Any]], Endpoint]
@@ -30,6 +32,8 @@ ParsePayload = Callable[[bytes, int], dict[str, Any]]
 """The request body, validated: from its bytes and the JSON depth limit."""
 LocalAnswer = Callable[[ModelRouter], dict[str, Any]]
 """A JSON answer the proxy gives by itself, with no upstream call."""
+LocalReply = Callable[[dict[str, Any], Caller], dict[str, Any]]
+"""A JSON answer the proxy gives by itself to a parsed body, knowing who asked."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,7 +63,9 @@ class Route:
     dialect: Dialect = OPENAI
     """The API the answer speaks: how its stream ends, where usage is, error shapes."""
     answer: LocalAnswer | None = None
-    """Set where the proxy answers by itself (``/models``)."""
+    """Set where the proxy answers by itself, before any body is read (``/models``)."""
+    reply: LocalReply | None = None
+    """Set where the proxy answers the parsed body by itself (``/credentials``)."""
 
     def __post_init__(self) -> None:
         unknown = {name.encode() for name in self.passed_headers} - FORWARDABLE
@@ -74,26 +80,7 @@ def parse_openai_payload(
     Without a ``model``, ``default_model`` is set in the parsed payload (not the body)."""
     if not body:
         raise bad_request("Request body is empty; send a JSON object with a 'model'.")
-    try:
-        parsed = _json.loads(body)
-        if isinstance(parsed, dict):
-            check_json_depth(body, parsed, max_depth)
-            # Exact integers, and no repeated key: the parse keeps the last of one, and
-            # the cache key with it, while the raw body goes upstream. (The plan memo only
-            # files plans for bodies that get past this.)
-            parsed = _json.strict(body, parsed)
-    except _json.DuplicateKeyError:
-        raise bad_request(
-            "Request body has a duplicate key in one of its JSON objects; send each key once.",
-            code="invalid_json",
-        ) from None
-    except _json.JSONDecodeError as error:
-        if exceeds_parser_depth(error):
-            raise too_deep(max_depth) from None
-        raise bad_request("Request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(parsed, dict):
-        raise bad_request("Request body must be a JSON object.", code="invalid_json")
-    payload: dict[str, Any] = parsed
+    payload = _json_object(body, max_depth)
     model = payload.get("model")
     if model is None and default_model is not None and "model" not in payload:
         payload["model"] = model = default_model
@@ -116,6 +103,65 @@ def with_default_model(model: str) -> ParsePayload:
         return parse_openai_payload(body, max_depth, default_model=model)
 
     return parse
+
+
+def _json_object(body: bytes, max_depth: int) -> dict[str, Any]:
+    """A JSON object, each key once, no deeper than ``max_depth``; else a 400."""
+    try:
+        parsed = _json.loads(body)
+        if isinstance(parsed, dict):
+            check_json_depth(body, parsed, max_depth)
+            # Exact integers, and no repeated key: the parse keeps the last of one, and
+            # the cache key with it, while the raw body goes upstream. (The plan memo only
+            # files plans for bodies that get past this.)
+            parsed = _json.strict(body, parsed)
+    except _json.DuplicateKeyError:
+        raise bad_request(
+            "Request body has a duplicate key in one of its JSON objects; send each key once.",
+            code="invalid_json",
+        ) from None
+    except _json.JSONDecodeError as error:
+        if exceeds_parser_depth(error):
+            raise too_deep(max_depth) from None
+        raise bad_request("Request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(parsed, dict):
+        raise bad_request("Request body must be a JSON object.", code="invalid_json")
+    payload: dict[str, Any] = parsed
+    return payload
+
+
+def _credentials_body(body: bytes, max_depth: int) -> dict[str, Any]:
+    """A ``/credentials`` body: a JSON object; empty means every default."""
+    return _json_object(body, max_depth) if body.strip() else {}
+
+
+def _issue_with(credentials: TemporaryCredentials) -> LocalReply:
+    def issue(payload: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        if caller.grant is not None:
+            # Else a token could renew itself for ever, or widen its own models.
+            raise ProxyError(
+                403,
+                "A temporary credential cannot ask for credentials; use a long-lived key.",
+                type="permission_error",
+                code="credential_not_allowed",
+            )
+        wanted = parse_credential_request(payload)
+        token = credentials.issue(caller.id, models=wanted.models, ttl_seconds=wanted.ttl_seconds)
+        return {"key": token}
+
+    return issue
+
+
+def credentials_route(credentials: TemporaryCredentials) -> Route:
+    """``POST {prefix}/credentials``: a temporary credential for the calling caller."""
+    return Route(
+        name="credentials",
+        suffix="/credentials",
+        method="POST",
+        parse=_credentials_body,
+        cacheable=False,
+        reply=_issue_with(credentials),
+    )
 
 
 def _by_model(router: ModelRouter, model: str, payload: Mapping[str, Any]) -> Endpoint:
@@ -208,12 +254,18 @@ SIBLINGS = (
 """Served beside ``/auto``, under its prefix, unless ``sibling_routes=False``."""
 
 
-def route_table(path: str, *, siblings: bool) -> dict[str, Route]:
-    """Full path to row; ``path`` is where ``/auto`` is served."""
+def route_table(
+    path: str, *, siblings: bool, credentials: TemporaryCredentials | None = None
+) -> dict[str, Route]:
+    """Full path to row; ``path`` is where ``/auto`` is served. ``/credentials`` is served
+    wherever there is a secret to sign with, sibling routes or not."""
     table = {path: AUTO}
+    prefix = path.rsplit("/", 1)[0]
     if siblings:
-        prefix = path.rsplit("/", 1)[0]
         table.update({prefix + route.suffix: route for route in SIBLINGS})
+    if credentials is not None:
+        row = credentials_route(credentials)
+        table[prefix + row.suffix] = row
     return table
 
 

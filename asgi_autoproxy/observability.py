@@ -57,8 +57,8 @@ class RequestRecord:
     request_id: str
     method: str
     route: str
-    """Which of the proxy's routes: auto, chat, completion, models, embeddings,
-    moderations, responses or anthropic."""
+    """Which of the proxy's routes: auto, chat, completion, models, credentials,
+    embeddings, moderations, responses or anthropic."""
     endpoint: str | None
     """The upstream endpoint (chat, completion, chat_via_responses, embeddings,
     moderations, responses or messages) once the request was understood."""
@@ -81,6 +81,8 @@ class RequestRecord:
     client_disconnected: bool
     """The caller left before the whole answer was sent."""
     caller_id: str | None
+    credential_id: str | None = None
+    """The ``jti`` of the temporary credential used, if one was (never the token itself)."""
 
     def log_fields(self) -> dict[str, Any]:
         """Flat fields for ``logging``'s ``extra=`` (names chosen not to clash with it)."""
@@ -130,6 +132,7 @@ class RequestTrace:
         method: str,
         route: str,
         caller_id: str | None,
+        credential_id: str | None = None,
     ) -> RequestRecord:
         now = time.perf_counter()
         first = self.first_byte_at
@@ -149,6 +152,7 @@ class RequestTrace:
             error=self.error,
             client_disconnected=not self.completed,
             caller_id=caller_id,
+            credential_id=credential_id,
         )
 
 

@@ -89,7 +89,12 @@ def _proxy_responses(*, stream: bool = True, errors: str = "Error") -> dict[str,
             "x-bt-endpoint-name header value the proxy does not accept.",
             schema=errors,
         ),
-        "401": _error("Missing or invalid API key.", "www-authenticate", schema=errors),
+        "401": _error(
+            "Missing or invalid API key, or an expired, revoked or tampered temporary credential.",
+            "www-authenticate",
+            schema=errors,
+        ),
+        "403": _error("A temporary credential used for a model it does not name.", schema=errors),
         "405": _error("Wrong method for this route.", schema=errors),
         "408": _error("The body did not arrive within the proxy's time limit.", schema=errors),
         "413": _error("Body larger than the proxy's limit.", schema=errors),
@@ -152,12 +157,15 @@ def openapi_document(
     *,
     sibling_routes: bool = True,
     endpoint_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    credentials: bool = False,
 ) -> dict[str, Any]:
     """The description for a middleware built with the same ``path`` and
     ``sibling_routes``; serve it or feed it to an API tester. ``endpoint_names``: the
     providers' names, the values ``x-bt-endpoint-name`` accepts (any other is a 400),
     for every route, or by upstream endpoint (``{"chat": [...], "messages": [...]}``)
-    where providers serve different ones; without them, any string."""
+    where providers serve different ones; without them, any string. ``credentials``:
+    describe ``POST {prefix}/credentials`` too (a middleware with a
+    ``credentials_secret``)."""
     from asgi_autoproxy import __version__
 
     def headers_for(*endpoints: str) -> list[dict[str, Any]]:
@@ -274,6 +282,8 @@ def openapi_document(
                 },
             }
         }
+    if credentials:
+        paths[f"{prefix}/credentials"] = _credentials_operation()
     return {
         "openapi": "3.1.0",
         "info": {
@@ -284,6 +294,85 @@ def openapi_document(
         "security": [{"bearerAuth": []}, {"apiKeyHeader": []}],
         "paths": paths,
         "components": _components(),
+    }
+
+
+def _credentials_operation() -> dict[str, Any]:
+    from asgi_autoproxy._gate.credentials import DEFAULT_TTL, MAX_MODEL_LENGTH, MAX_MODELS, MAX_TTL
+
+    name = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_MODEL_LENGTH,
+        "pattern": "[^ \\t\\r\\n]",
+    }
+    return {
+        "post": {
+            "tags": ["Proxy"],
+            "operationId": "proxycredentials",
+            "summary": "Issue a temporary credential",
+            "description": "A short-lived signed token (a JWT) for the calling caller, usable "
+            "as a Bearer key on every route until it expires, for the models it names.",
+            "requestBody": {
+                "required": False,
+                "content": {
+                    _JSON: {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "model": {
+                                    "anyOf": [
+                                        name,
+                                        {
+                                            "type": "array",
+                                            "items": name,
+                                            "minItems": 1,
+                                            "maxItems": MAX_MODELS,
+                                        },
+                                        {"type": "null"},
+                                    ],
+                                    "description": "One model, several, or null for any.",
+                                },
+                                "ttl_seconds": {
+                                    "type": "integer",
+                                    "minimum": 1,
+                                    "maximum": MAX_TTL,
+                                    "default": DEFAULT_TTL,
+                                },
+                                "logging": {"description": "Accepted and ignored."},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "The temporary credential.",
+                    "headers": {"x-request-id": {"$ref": "#/components/headers/x-request-id"}},
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["key"],
+                                "properties": {"key": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "400": _error("Malformed body, or a model or ttl_seconds out of range."),
+                "401": _error("Missing or invalid API key.", "www-authenticate"),
+                "403": _error("A temporary credential cannot ask for another one."),
+                "405": _error("Wrong method for this route."),
+                "408": _error("The body did not arrive within the proxy's time limit."),
+                "413": _error("Body larger than the proxy's limit."),
+                "429": _error("Caller over its rate limit.", "retry-after"),
+                "431": _error("Too many or too large request headers."),
+                "503": _error(
+                    "The revocation list could not be checked, or the proxy is shutting down.",
+                    "retry-after",
+                ),
+            },
+        }
     }
 
 

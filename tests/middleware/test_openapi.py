@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -16,11 +17,14 @@ from schemathesis.checks import (
 )
 
 from asgi_autoproxy import AnthropicProvider, AutoProxyMiddleware, OpenAIProvider, openapi_document
+from asgi_autoproxy._gate.credentials import TemporaryCredentials
 from asgi_autoproxy._routes import route_table
 from tests.conftest import CALLER_KEY, SERVER_KEY, inner_app
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerThread, serve
+
+CREDENTIALS_SECRET = "openapi-credentials-secret-0123456789-abcdefgh"
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +44,7 @@ def live_proxy(
         inner_app(),
         providers=[provider, claude],
         api_keys={CALLER_KEY: "schemathesis"},
+        credentials_secret=CREDENTIALS_SECRET,
         timeout=10,
     )
     with serve(app, lifespan="on") as server:
@@ -54,7 +59,8 @@ SCHEMA = schemathesis.openapi.from_dict(
             **{e: ["paid"] for e in ("chat", "completion", "embeddings", "moderations")},
             "responses": ["paid"],
             "messages": ["claude"],
-        }
+        },
+        credentials=True,
     )
 )
 
@@ -134,11 +140,13 @@ def test_document_follows_the_configured_path() -> None:
     assert set(openapi_document(sibling_routes=False)["paths"]) == {"/v1/proxy/auto"}
 
 
+@pytest.mark.parametrize("credentials", [True, False])
 @pytest.mark.parametrize("siblings", [True, False])
-def test_every_served_route_is_described_with_its_method(siblings: bool) -> None:
+def test_every_served_route_is_described_with_its_method(siblings: bool, credentials: bool) -> None:
     """The route table and the description cannot drift apart: a new row needs its path."""
-    served = route_table("/x/auto", siblings=siblings)
-    doc = openapi_document("/x/auto", sibling_routes=siblings)
+    signer = TemporaryCredentials(CREDENTIALS_SECRET) if credentials else None
+    served = route_table("/x/auto", siblings=siblings, credentials=signer)
+    doc = openapi_document("/x/auto", sibling_routes=siblings, credentials=credentials)
     assert set(doc["paths"]) == set(served)
     for path, route in served.items():
         assert list(doc["paths"][path]) == [route.method.lower()]
@@ -151,3 +159,33 @@ def test_the_anthropic_route_describes_anthropics_errors_and_headers() -> None:
     }
     names = {parameter["name"] for parameter in operation["parameters"]}
     assert {"anthropic-version", "anthropic-beta", "x-bt-use-cache"} <= names
+
+
+def test_credentials_route_is_described_when_enabled() -> None:
+    assert "/v1/proxy/credentials" not in openapi_document()["paths"]
+    doc = openapi_document("/api/llm/auto", credentials=True, sibling_routes=False)
+    operation = doc["paths"]["/api/llm/credentials"]["post"]
+    assert operation["operationId"] == "proxycredentials"
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["ttl_seconds"]["maximum"] == 86400
+    assert body["properties"]["ttl_seconds"]["default"] == 600
+    assert {"200", "400", "401", "403"} <= set(operation["responses"])
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok["required"] == ["key"]
+    # A token for another model: a described 403 on the proxy routes.
+    assert "403" in doc["paths"]["/api/llm/auto"]["post"]["responses"]
+
+
+@LIVE
+@given(case=SCHEMA["/v1/proxy/credentials"]["POST"].as_strategy(GenerationMode.POSITIVE))
+def test_issued_credentials_work_as_keys(live_proxy: str, case: Any) -> None:
+    """Every valid /credentials body gets a key, and that key lists the models."""
+    response = call(case, live_proxy)
+    body = case.body if isinstance(case.body, dict) else {}
+    ttl = body.get("ttl_seconds") or 600
+    if response.status_code == 200 and ttl >= 10:  # one that cannot expire meanwhile
+        key = response.json()["key"]
+        models = httpx.get(
+            f"{live_proxy}/v1/proxy/models", headers={"authorization": f"Bearer {key}"}, timeout=10
+        )
+        assert models.status_code == 200
