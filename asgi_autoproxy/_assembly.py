@@ -27,7 +27,8 @@ from asgi_autoproxy._http.clients import (
 )
 from asgi_autoproxy._pipeline import Pipeline
 from asgi_autoproxy._relay import Relay
-from asgi_autoproxy._routes import Route, route_table
+from asgi_autoproxy._routes import RouteTable, route_table
+from asgi_autoproxy._routing.catalog import CatalogSource
 from asgi_autoproxy._routing.model_router import ModelRouter
 from asgi_autoproxy._upstream.dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
 from asgi_autoproxy._upstream.redact import provider_secrets
@@ -38,7 +39,7 @@ from asgi_autoproxy.providers.base import Provider
 @dataclass(slots=True)
 class Assembly:
     pipeline: Pipeline
-    routes: dict[str, Route]
+    routes: RouteTable
     """Full path to the row that serves it."""
     clients: SharedClients
     cache: ResponseCache | None
@@ -50,7 +51,7 @@ def assemble(
     *,
     providers: Sequence[Provider],
     path: str,
-    model_catalog: Mapping[str, str] | None,
+    model_catalog: CatalogSource | None,
     sibling_routes: bool,
     limits: Limits,
     timeout: float | httpx.Timeout | None,

@@ -167,6 +167,8 @@ class Pipeline:
                     cache.plan_memo.put(digest, plan)
             # The remembered plan's entry was just looked up, and missed: no second look.
             looked_up = remembered is not None and plan is not None and remembered.key == plan.key
+            # After the plan: entries are keyed on what the caller sent (_routing/params.py).
+            upstream = self.router.rewrite(upstream)
             await self._answer(call, candidates, upstream, plan, request.receive, looked_up)
         except ClientDisconnected:
             return
@@ -187,6 +189,7 @@ class Pipeline:
     ) -> None:
         """Serve from the cache, join an identical request in flight, or call upstream."""
         call.trace.model, call.trace.endpoint = request.model, request.endpoint
+        call.trace.price = self.router.catalog.price(request.model)
         tee: Tee | None = None
         if plan is not None:
             cache = self.cache

@@ -10,6 +10,7 @@ Adding a route means adding a row here, not a branch in the middleware or pipeli
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ ParsePayload = Callable[[bytes, int], dict[str, Any]]
 """The request body, validated: from its bytes and the JSON depth limit."""
 LocalAnswer = Callable[[ModelRouter], dict[str, Any]]
 """A JSON answer the proxy gives by itself, with no upstream call."""
+ParamAnswer = Callable[[ModelRouter, str], dict[str, Any]]
+"""A ``LocalAnswer`` for a path-parameter row: also given the path's last part."""
 LocalReply = Callable[[dict[str, Any], Caller], dict[str, Any]]
 """A JSON answer the proxy gives by itself to a parsed body, knowing who asked."""
 
@@ -66,6 +69,17 @@ class Route:
     """Set where the proxy answers by itself, before any body is read (``/models``)."""
     reply: LocalReply | None = None
     """Set where the proxy answers the parsed body by itself (``/credentials``)."""
+    answer_for: ParamAnswer | None = None
+    """Set on a path-parameter row (``/models/{id}``): ``suffix`` ends in ``/`` and
+    matches as a prefix, and the rest of the path is handed to this."""
+
+    def bound(self, parameter: str) -> Route:
+        """This path-parameter row with its parameter filled in, as a plain row."""
+        assert self.answer_for is not None
+        answer_for = self.answer_for
+        return dataclasses.replace(
+            self, answer=lambda router: answer_for(router, parameter), answer_for=None
+        )
 
     def __post_init__(self) -> None:
         unknown = {name.encode() for name in self.passed_headers} - FORWARDABLE
@@ -190,6 +204,22 @@ def _model_list(router: ModelRouter) -> dict[str, Any]:
     }
 
 
+def _model_object(router: ModelRouter, model: str) -> dict[str, Any]:
+    """One model, as OpenAI's ``GET /models/{model}`` answers; 404 in OpenAI's shape
+    for a model no configured provider serves or the catalog does not know."""
+    owner = router.listed_models().get(model)
+    if owner is None and router.catalog.flavor(model) is not None:
+        owner = next((p.name for p in router.providers if p.serves(model)), None)
+    if owner is None:
+        raise ProxyError(
+            404,
+            f"The model '{model[:200]}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    return {"id": model, "object": "model", "created": int(time.time()), "owned_by": owner}
+
+
 AUTO = Route(
     name="auto", suffix="/auto", method="POST", parse=parse_openai_payload, endpoint=_by_model
 )
@@ -210,6 +240,7 @@ SIBLINGS = (
         endpoint=_always("completion"),
     ),
     Route(name="models", suffix="/models", method="GET", cacheable=False, answer=_model_list),
+    Route(name="model", suffix="/models/", method="GET", cacheable=False, answer_for=_model_object),
     Route(
         name="embeddings",
         suffix="/embeddings",
@@ -254,19 +285,38 @@ SIBLINGS = (
 """Served beside ``/auto``, under its prefix, unless ``sibling_routes=False``."""
 
 
+class RouteTable:
+    """Full path to row: exact paths first, then path-parameter rows by prefix."""
+
+    __slots__ = ("_exact", "_prefixed")
+
+    def __init__(self, rows: Mapping[str, Route]) -> None:
+        self._exact = {path: r for path, r in rows.items() if r.answer_for is None}
+        self._prefixed = tuple((path, r) for path, r in rows.items() if r.answer_for is not None)
+
+    def get(self, path: str) -> Route | None:
+        route = self._exact.get(path)
+        if route is not None or not self._prefixed:
+            return route
+        for prefix, row in self._prefixed:
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return row.bound(path[len(prefix) :])
+        return None
+
+
 def route_table(
     path: str, *, siblings: bool, credentials: TemporaryCredentials | None = None
-) -> dict[str, Route]:
-    """Full path to row; ``path`` is where ``/auto`` is served. ``/credentials`` is served
+) -> RouteTable:
+    """The routes served; ``path`` is where ``/auto`` is served. ``/credentials`` is served
     wherever there is a secret to sign with, sibling routes or not."""
-    table = {path: AUTO}
+    rows = {path: AUTO}
     prefix = path.rsplit("/", 1)[0]
     if siblings:
-        table.update({prefix + route.suffix: route for route in SIBLINGS})
+        rows.update({prefix + route.suffix: route for route in SIBLINGS})
     if credentials is not None:
         row = credentials_route(credentials)
-        table[prefix + row.suffix] = row
-    return table
+        rows[prefix + row.suffix] = row
+    return RouteTable(rows)
 
 
 def upstream_body(

@@ -31,6 +31,7 @@ from asgi_autoproxy._headers import RequestHeaders, request_id
 from asgi_autoproxy._http.clients import TransportChoice
 from asgi_autoproxy._pipeline import ProxyRequest
 from asgi_autoproxy._routes import Route
+from asgi_autoproxy._routing.catalog import CatalogSource
 from asgi_autoproxy._shutdown import LAST_WORDS_WAIT, InFlightRequests, close_backend, cut_short
 from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
@@ -63,7 +64,7 @@ class AutoProxyMiddleware:
         *,
         providers: Sequence[Provider],
         path: str = "/v1/proxy/auto",
-        model_catalog: Mapping[str, str] | None = None,
+        model_catalog: CatalogSource | None = None,
         sibling_routes: bool = True,
         limits: Limits | None = None,
         timeout: float | httpx.Timeout | None = None,

@@ -10,6 +10,7 @@ bodies are described loosely on purpose: the proxy forwards fields it does not k
 from __future__ import annotations
 
 import copy
+import fnmatch
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -282,6 +283,35 @@ def openapi_document(
                 },
             }
         }
+        paths[f"{prefix}/models/{{model}}"] = {
+            "get": {
+                "tags": ["Proxy"],
+                "operationId": "proxymodel",
+                "summary": "Describe one model the proxy can route",
+                "description": "A model some configured provider serves and the catalog "
+                "knows, or lists by name; any other is a 404 in OpenAI's shape.",
+                "parameters": [
+                    {
+                        "name": "model",
+                        "in": "path",
+                        "required": True,
+                        "description": "The model's name; it may contain `/`.",
+                        "schema": {"type": "string", "minLength": 1},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The model, in OpenAI's shape.",
+                        "content": {_JSON: {"schema": _ref("Model")}},
+                    },
+                    "401": _error("Missing or invalid API key.", "www-authenticate"),
+                    "404": _error("No configured provider serves this model."),
+                    "405": _error("Wrong method for this route."),
+                    "429": _error("Caller over its rate limit.", "retry-after"),
+                    "431": _error("Too many or too large request headers."),
+                },
+            }
+        }
     if credentials:
         paths[f"{prefix}/credentials"] = _credentials_operation()
     return {
@@ -379,8 +409,11 @@ def _credentials_operation() -> dict[str, Any]:
 def _model(*refused: str) -> dict[str, Any]:
     """A model name; ``/auto`` refuses the built-in catalog's models of the ``refused``
     flavours for this body shape, so a schema-valid request never meets that 400."""
-    globs = [glob for glob, flavor in BUILTIN_CATALOG.items() if flavor in refused]
-    patterns = [_glob_pattern(glob) for glob in globs]
+    names = [name for name, flavor in BUILTIN_CATALOG.items() if flavor in refused]
+    globs = [name for name in names if any(ch in name for ch in "*?[")]
+    # An exact name that a refused glob matches already needs no pattern of its own.
+    kept = [n for n in names if n in globs or not any(fnmatch.fnmatchcase(n, g) for g in globs)]
+    patterns = [_glob_pattern(name) for name in kept]
     return {
         "type": "string",
         "minLength": 1,
@@ -598,19 +631,17 @@ def _components() -> dict[str, Any]:
                 "required": ["object", "data"],
                 "properties": {
                     "object": {"const": "list"},
-                    "data": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["id", "object", "owned_by"],
-                            "properties": {
-                                "id": {"type": "string"},
-                                "object": {"const": "model"},
-                                "created": {"type": "integer"},
-                                "owned_by": {"type": "string"},
-                            },
-                        },
-                    },
+                    "data": {"type": "array", "items": _ref("Model")},
+                },
+            },
+            "Model": {
+                "type": "object",
+                "required": ["id", "object", "owned_by"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "object": {"const": "model"},
+                    "created": {"type": "integer"},
+                    "owned_by": {"type": "string"},
                 },
             },
             "Error": {

@@ -7,8 +7,9 @@ unchanged like any provider-specific field:
     {"fake": {"chunks": 5, "delay": 0.01, "status": 500, "gate": true, "no_done": true,
               "gate_before_first": true,
               "error_event_after": 2, "body": "raw text", "headers": {"x": "y"},
-              "sleep": 1.0, "echo_auth": true}}
+              "sleep": 1.0, "echo_auth": true, "usage": {"prompt_tokens": 1000, ...}}}
 
+``usage`` replaces the answer's usage (and rides on a stream's last chunk).
 ``echo_auth`` puts the received Authorization header into the error message, as
 careless upstreams do. Odd bodies (wrong types anywhere) get a plain answer, never a
 crash, so fuzz tests can blame the proxy alone.
@@ -151,7 +152,10 @@ class FakeUpstream:
             auth = recorded.headers.get("authorization", "")
             await self._stream(payload, fake, chat, number, headers, receive, send, auth)
             return
-        await _send_json(send, 200, _completion(payload, chat, number), headers)
+        answer = _completion(payload, chat, number)
+        if isinstance(fake.get("usage"), dict):
+            answer["usage"] = fake["usage"]
+        await _send_json(send, 200, answer, headers)
 
     async def _other_route(
         self,
@@ -221,6 +225,8 @@ class FakeUpstream:
                     await _send_event(send, error)
                     break
                 chunk = _chunk(payload, chat, number, index, chunks)
+                if index == chunks - 1 and isinstance(fake.get("usage"), dict):
+                    chunk["usage"] = fake["usage"]
                 with self._lock:  # counted first: the proxy may relay it before send returns
                     self.chunks_sent += 1
                 await _send_event(send, chunk)

@@ -18,7 +18,7 @@ from schemathesis.checks import (
 
 from asgi_autoproxy import AnthropicProvider, AutoProxyMiddleware, OpenAIProvider, openapi_document
 from asgi_autoproxy._gate.credentials import TemporaryCredentials
-from asgi_autoproxy._routes import route_table
+from asgi_autoproxy._routes import AUTO, SIBLINGS, route_table
 from tests.conftest import CALLER_KEY, SERVER_KEY, inner_app
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_upstream import FakeUpstream
@@ -131,6 +131,7 @@ def test_document_follows_the_configured_path() -> None:
         "/api/llm/chat/completions",
         "/api/llm/completions",
         "/api/llm/models",
+        "/api/llm/models/{model}",
         "/api/llm/embeddings",
         "/api/llm/moderations",
         "/api/llm/responses",
@@ -147,9 +148,15 @@ def test_every_served_route_is_described_with_its_method(siblings: bool, credent
     signer = TemporaryCredentials(CREDENTIALS_SECRET) if credentials else None
     served = route_table("/x/auto", siblings=siblings, credentials=signer)
     doc = openapi_document("/x/auto", sibling_routes=siblings, credentials=credentials)
-    assert set(doc["paths"]) == set(served)
-    for path, route in served.items():
-        assert list(doc["paths"][path]) == [route.method.lower()]
+    rows = [AUTO, *(SIBLINGS if siblings else ()), *([signer] if signer else [])]
+    assert len(doc["paths"]) == len(rows)
+    described = set()
+    for path, item in doc["paths"].items():
+        route = served.get(path.replace("{model}", "gpt-4o"))
+        assert route is not None, path
+        assert list(item) == [route.method.lower()]
+        described.add(route.suffix)
+    assert len(described) == len(rows)  # each row once
 
 
 def test_the_anthropic_route_describes_anthropics_errors_and_headers() -> None:
