@@ -26,7 +26,7 @@ from asgi_autoproxy._gate.limits import RequestLimits
 from asgi_autoproxy._headers import RequestHeaders
 from asgi_autoproxy._http.clients import SharedClients
 from asgi_autoproxy._relay import Relay
-from asgi_autoproxy._routes import Route
+from asgi_autoproxy._routes import Route, depends_on_server_state, passed_headers, upstream_body
 from asgi_autoproxy._routing.model_router import ModelRouter
 from asgi_autoproxy._upstream.dispatch import Dispatcher
 from asgi_autoproxy.errors import ProxyError, internal_error, unauthorized
@@ -129,6 +129,7 @@ class Pipeline:
             model = payload["model"]
             caller.check_model(model)  # a temporary credential's models: 403 for others
             endpoint: Endpoint = route.endpoint(self.router, model, payload)
+            sent, body = upstream_body(route, payload, body)
             candidates = self.router.candidates(model, endpoint)
             credential = caller.credential
             if credential is None:
@@ -138,7 +139,7 @@ class Pipeline:
             upstream = UpstreamRequest(
                 endpoint=endpoint,
                 model=model,
-                payload=payload,
+                payload=sent,
                 body=body,
                 stream=payload.get("stream") is True,
                 credential=credential,
@@ -146,14 +147,18 @@ class Pipeline:
                 endpoint_name=headers.endpoint_name,
                 max_response_size=self._max_response_size,
                 max_event_size=self._max_event_size,
+                headers=passed_headers(route, headers),
             )
             plan = None
-            if cache is not None:
+            if cache is not None and not depends_on_server_state(route, payload):
                 plan = cache.plan(
                     headers,
+                    rule=route.cache_rule,
                     endpoint=endpoint,
                     model=model,
+                    # The caller's: a seed the upstream never sees still tells two apart.
                     payload=payload,
+                    passed=upstream.headers,
                     providers=[p.name for p in candidates],
                     pinned=headers.endpoint_name,
                     caller_scope=caller.cache_scope,

@@ -63,10 +63,11 @@ class RequestRecord:
     request_id: str
     method: str
     route: str
-    """Which of the proxy's routes: auto, chat, completion, models or credentials."""
+    """Which of the proxy's routes: auto, chat, completion, models, credentials,
+    embeddings, moderations, responses or anthropic."""
     endpoint: str | None
-    """The upstream endpoint (chat, completion or chat_via_responses) once the request
-    was understood."""
+    """The upstream endpoint (chat, completion, chat_via_responses, embeddings,
+    moderations, responses or messages) once the request was understood."""
     model: str | None
     provider: str | None
     """The provider that answered; None when none did (cache hit, refused, unreachable)."""

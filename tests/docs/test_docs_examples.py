@@ -18,8 +18,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from asgi_autoproxy import AnthropicProvider, AutoProxyMiddleware, OpenAIProvider
 from tests.conftest import inner_app
+from tests.fake_anthropic import FakeAnthropic
 from tests.fake_upstream import FakeUpstream
 from tests.processes import REPO_ROOT
 from tests.servers import ServerThread, serve
@@ -104,6 +105,7 @@ async def test_full_example_runs(
     monkeypatch: pytest.MonkeyPatch,
     upstream: FakeUpstream,
     upstream_url: str,
+    claude: FakeAnthropic,
     proxy_server: ServerThread,
 ) -> None:
     _fake_environment(block.code, monkeypatch)
@@ -123,12 +125,17 @@ async def test_full_example_runs(
             await app.aclose()
     if PROXY_URL in block.code:
         assert upstream.requests, "the example's calls reached the upstream"
+    if "Anthropic(" in block.code:
+        assert claude.requests, "the example's Anthropic call reached the fake Anthropic"
+    if "print(" in block.code:
         assert printed.getvalue().strip()
 
 
 @pytest.fixture
-def proxy_server(upstream_url: str) -> Iterator[ServerThread]:
-    proxy = AutoProxyMiddleware(inner_app(), providers=[OpenAIProvider(base_url=upstream_url)])
+def proxy_server(upstream_url: str, claude_url: str) -> Iterator[ServerThread]:
+    """The proxy the docs' calls reach: pass-through to the fake upstreams."""
+    providers = [AnthropicProvider(base_url=claude_url), OpenAIProvider(base_url=upstream_url)]
+    proxy = AutoProxyMiddleware(inner_app(), providers=providers)
     with serve(proxy, lifespan="on") as server:
         yield server
 
