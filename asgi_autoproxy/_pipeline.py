@@ -222,6 +222,9 @@ class Pipeline:
             providers=request.endpoint_name or ",".join(p.name for p in candidates),
             caller=self._cache_caller(caller.cache_scope),  # hashed only here, when needed
             payload=request.payload,
+            # Bound to the credential (HKDF, _cache/crypto.py) unless entries are shared.
+            credential=None if self._share_cache else caller.credential,
+            server_secret=self._cache.server_secret,
         )
         return _CachePlan(decision, key, request.model, request.endpoint)
 

@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("http", ("_http",)),
+    ("shared state", ("_shared",)),
     ("providers", ("providers",)),
     ("gate", ("_gate",)),
     ("routing", ("_routing",)),

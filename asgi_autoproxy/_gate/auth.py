@@ -31,10 +31,12 @@ ANONYMOUS_CALLER = "anonymous"
 
 
 def caller_identity(credential: str | None, *, authenticated: str | None = None) -> str:
-    """A stable id for the caller: the authenticated caller id when the proxy checked
-    one, else a hash of the credential (which itself is never kept)."""
+    """What isolates a caller's cache entries: a hash of the authenticated caller id
+    together with the credential it presented (two keys of one id do not share
+    entries), else a hash of the credential (which itself is never kept)."""
     if authenticated is not None:
-        return "caller:" + hashlib.sha256(authenticated.encode()).hexdigest()
+        bound = authenticated if credential is None else f"{authenticated}\x00{credential}"
+        return "caller:" + hashlib.sha256(bound.encode()).hexdigest()
     if credential is None:
         return ANONYMOUS_CALLER
     return "key:" + hashlib.sha256(credential.encode()).hexdigest()
@@ -93,7 +95,7 @@ class Caller:
         """What isolates this caller's cache entries from everyone else's."""
         if self._scope is None:
             if self._authenticated is not None:
-                self._scope = caller_identity(None, authenticated=self._authenticated)
+                self._scope = caller_identity(self.credential, authenticated=self._authenticated)
             else:
                 self._scope = caller_identity(self.credential)
         return self._scope

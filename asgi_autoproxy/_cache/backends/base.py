@@ -19,7 +19,8 @@ class CacheBackend(Protocol):
     backend may raise or be slow: the middleware bounds each call with a timeout and
     treats a failure as a miss or a skipped write, so a request is never lost to it.
 
-    Optional: ``encrypt`` (``EncryptedBackend``), ``aclose`` (``Closable``), the locks of
+    Optional: ``encrypt`` (``EncryptedBackend``), ``server_secret``
+    (``ServerSecretBackend``), ``aclose`` (``Closable``), the locks of
     ``SharedLockBackend``.
     """
 
@@ -57,6 +58,15 @@ class EncryptedBackend(Protocol):
     derived from the request and the caller's credential, which it never sees."""
 
     encrypt: bool
+
+
+@runtime_checkable
+class ServerSecretBackend(Protocol):
+    """A backend with a ``server_secret``: mixed (as HKDF's salt) into every entry's name
+    and encryption secret, so that entries shared across callers, which no credential
+    protects, cannot be opened from a dump without it."""
+
+    server_secret: bytes | None
 
 
 @runtime_checkable
