@@ -94,6 +94,8 @@ class RedisLink:
         self.max_connections = max_connections
         self._client = client
         self._clients: dict[asyncio.AbstractEventLoop, Client] = {}
+        self._helpers: dict[asyncio.AbstractEventLoop, list[Client]] = {}
+        """Per loop: clients the link made beside the main one (Sentinel's)."""
         self._failures = 0
         self._retry_at = 0.0
         self.errors = 0
@@ -126,7 +128,8 @@ class RedisLink:
         client = self._clients.get(loop)
         if client is None:
             assert self._target is not None
-            client = self._clients[loop] = self._target.connect(self)
+            client, self._helpers[loop] = self._target.connect(self)
+            self._clients[loop] = client
         return client
 
     async def run(self, op: str, command: Callable[[Client], Awaitable[T]]) -> T:
@@ -150,12 +153,16 @@ class RedisLink:
         """Close this event loop's connections. A later command opens new ones."""
         if self._client is not None:
             return
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        for loop in [loop for loop in self._clients if loop.is_closed()]:
-            del self._clients[loop]
+        loop = asyncio.get_running_loop()
+        client = self._clients.pop(loop, None)
+        helpers = self._helpers.pop(loop, [])
+        for stale in [other for other in self._clients if other.is_closed()]:
+            del self._clients[stale]
+            self._helpers.pop(stale, None)
         if client is not None:
             with anyio.move_on_after(max(self.timeout, 1.0)):
-                await _close(client)
+                for each in (client, *helpers):
+                    await _close(each)
 
     def _failed(self, op: str, exc: Exception) -> None:
         self.errors += 1
@@ -186,7 +193,7 @@ class _Target:
     def __init__(self, kind: str, url: str, sentinels: list[tuple[str, int]], service: str):
         self.kind, self.url, self.sentinels, self.service = kind, url, sentinels, service
 
-    def connect(self, link: RedisLink) -> Client:
+    def connect(self, link: RedisLink) -> tuple[Client, list[Client]]:
         from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -196,7 +203,10 @@ class _Target:
             "socket_timeout": max(link.timeout, 1.0),
         }
         if self.kind == "cluster":
-            return RedisCluster.from_url(self.url, max_connections=link.max_connections, **options)
+            cluster = RedisCluster.from_url(
+                self.url, max_connections=link.max_connections, **options
+            )
+            return cluster, []
         if self.kind == "sentinel":
             from redis.asyncio.sentinel import Sentinel
 
@@ -217,7 +227,7 @@ class _Target:
                 retry=Retry(NoBackoff(), 1),
                 **auth,
             )
-            return master
+            return master, list(sentinel.sentinels)
         pool = BlockingConnectionPool.from_url(
             self.url,
             max_connections=link.max_connections,
@@ -226,7 +236,7 @@ class _Target:
             retry=Retry(NoBackoff(), 1),
             **options,
         )
-        return Redis(connection_pool=pool)
+        return Redis(connection_pool=pool), []
 
 
 def _parse(url: str, what: str) -> _Target:
