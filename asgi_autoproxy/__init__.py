@@ -8,6 +8,7 @@ from asgi_autoproxy._cache.backends.redis import (
 from asgi_autoproxy._cache.policy import CacheDecision
 from asgi_autoproxy._cache.store import CacheStats
 from asgi_autoproxy._gate.auth import Authenticate, client_keys_from_env
+from asgi_autoproxy._gate.budgets import SpendBudget, TokenLimit
 from asgi_autoproxy._gate.limits import RateLimit
 from asgi_autoproxy._heap import freeze_startup_heap
 from asgi_autoproxy._routing.catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
@@ -59,6 +60,8 @@ __all__ = [
     "RequestRecord",
     "RetryPolicy",
     "SharedLockBackend",
+    "SpendBudget",
+    "TokenLimit",
     "TokenUsage",
     "UpstreamRequest",
     "UpstreamResponse",

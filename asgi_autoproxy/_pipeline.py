@@ -143,8 +143,9 @@ class Pipeline:
             self._limits.check_headers(headers)
             caller = await self._auth.identify(headers.credential, scope)
             call.caller = caller
-            if self._limits.buckets is not None:
-                self._limits.check_rate(caller.id)
+            callers = self._limits.callers
+            if callers is not None:  # rate, tokens, spend: in Redis when shared
+                await callers.admit(caller.id)
             if route.answer is not None:
                 if caller.credential is None and self._forwards_key is not None:
                     raise _missing_key(self._forwards_key)
@@ -162,6 +163,8 @@ class Pipeline:
             assert route.parse is not None and route.endpoint is not None
             payload = route.parse(body, self._limits.max_json_depth)
             model = payload["model"]
+            if callers is not None:
+                callers.check_model(model)
             endpoint: Endpoint = route.endpoint(self.router, model, payload)
             candidates = self.router.candidates(model, endpoint)
             credential = caller.credential
@@ -190,6 +193,9 @@ class Pipeline:
             # The remembered plan's entry was just looked up, and missed: no second look.
             looked_up = remembered is not None and plan is not None and remembered.key == plan.key
             await self._answer(call, candidates, request, plan, receive, looked_up=looked_up)
+            if callers is not None and callers.charges and call.trace.cache in (None, "MISS"):
+                # Charged after the answer, from the usage it reported; hits cost nothing.
+                await callers.charge(caller.id, model, call.trace.usage)
         except ClientDisconnected:
             return
         except ProxyError as error:

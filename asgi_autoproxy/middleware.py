@@ -12,8 +12,8 @@ import itertools
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
-from typing import Unpack
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Unpack
 
 import anyio
 import httpx
@@ -29,12 +29,15 @@ from asgi_autoproxy._asgi import (
 )
 from asgi_autoproxy._cache.backends.base import CacheBackend
 from asgi_autoproxy._cache.backends.memory import MemoryCache
+from asgi_autoproxy._cache.backends.redis import RedisCache
 from asgi_autoproxy._cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL
 from asgi_autoproxy._cache.store import CacheStats, ResponseCache
 from asgi_autoproxy._call import Call, send_error
 from asgi_autoproxy._deadline import Deadline
 from asgi_autoproxy._gate.auth import Authenticate, CallerAuth
+from asgi_autoproxy._gate.budgets import SpendBudget, TokenLimit
 from asgi_autoproxy._gate.limits import RateLimit, RequestLimits
+from asgi_autoproxy._gate.shared_limits import CallerLimits
 from asgi_autoproxy._headers import (
     RequestHeaders,
     looks_like_key,
@@ -48,6 +51,8 @@ from asgi_autoproxy._http.clients import (
 from asgi_autoproxy._pipeline import Pipeline
 from asgi_autoproxy._routes import Route, route_table
 from asgi_autoproxy._routing.model_router import ModelRouter
+from asgi_autoproxy._routing.pricing import Price
+from asgi_autoproxy._shared.state import SharedState
 from asgi_autoproxy._shutdown import InFlightRequests, close_backend
 from asgi_autoproxy._sse import error_event
 from asgi_autoproxy._upstream.dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
@@ -58,6 +63,9 @@ from asgi_autoproxy.errors import (
 )
 from asgi_autoproxy.observability import RequestHook, RequestReporter
 from asgi_autoproxy.providers.base import Provider
+
+if TYPE_CHECKING:
+    from asgi_autoproxy._shared.redis_link import Client
 
 logger = logging.getLogger("asgi_autoproxy")
 
@@ -106,6 +114,9 @@ class AutoProxyMiddleware:
         api_keys: Mapping[str, str] | None = None,
         allow_anonymous: bool = False,
         rate_limit: RateLimit | None = None,
+        token_limit: TokenLimit | None = None,
+        spend_budget: SpendBudget | None = None,
+        shared_state: str | Client | _Default | None = _DEFAULT,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         on_request: RequestHook | None = None,
         http_transport: TransportChoice = "auto",
@@ -128,12 +139,18 @@ class AutoProxyMiddleware:
             api_keys=api_keys,
             allow_anonymous=allow_anonymous,
         )
+        backend = MemoryCache() if isinstance(cache, _Default) else cache
+        # Rate, token and spend limits, provider health: in Redis when there is one
+        # (by default the RedisCache's own), else per process (_shared/state.py).
+        self._shared = _shared_state(shared_state, backend)
         request_limits = RequestLimits(
             max_header_count=limits.max_header_count,
             max_header_bytes=limits.max_header_bytes,
             max_json_depth=limits.max_json_depth,
             max_concurrent_upstream=limits.max_concurrent_upstream,
-            rate_limit=rate_limit,
+            callers=_caller_limits(
+                rate_limit, token_limit, spend_budget, self._shared, self.router.catalog.price
+            ),
         )
         # Longest first, so a key that contains another is replaced whole.
         found = {s for p in self.router.providers for s in provider_secrets(p)}
@@ -147,7 +164,6 @@ class AutoProxyMiddleware:
             client_timeout = httpx.Timeout(timeout)
         if not MIN_TTL <= cache_ttl <= MAX_TTL:
             raise ValueError(f"cache_ttl must be between {MIN_TTL} and {MAX_TTL} seconds")
-        backend = MemoryCache() if isinstance(cache, _Default) else cache
         self._cache = (
             None
             if backend is None
@@ -160,6 +176,7 @@ class AutoProxyMiddleware:
             retry=retry,
             cooldown=cooldown,
             provider_names=[p.name for p in self.router.providers],
+            shared=self._shared,
         )
         self._clients = SharedClients(
             client=http_client, factory=default_client_factory(client_timeout, http_transport)
@@ -249,6 +266,8 @@ class AutoProxyMiddleware:
         await self._clients.aclose()
         if self._cache is not None:
             await close_backend(self._cache.backend)
+        if self._shared is not None:
+            await self._shared.link.aclose()  # the cache's own link: closing twice is fine
 
     async def __aenter__(self) -> AutoProxyMiddleware:
         if self._closed:
@@ -318,6 +337,37 @@ class AutoProxyMiddleware:
             await call.end_stream(error_event(error.to_dict()))
         elif not call.started:
             await send_error(call, error)
+
+
+def _shared_state(
+    shared_state: str | Client | _Default | None, backend: CacheBackend | None
+) -> SharedState | None:
+    if isinstance(shared_state, _Default):
+        if isinstance(backend, RedisCache):
+            return SharedState(backend.link, prefix=backend.prefix)
+        return None
+    if shared_state is None:
+        return None
+    return SharedState.connect(shared_state)
+
+
+def _caller_limits(
+    rate: RateLimit | None,
+    tokens: TokenLimit | None,
+    spend: SpendBudget | None,
+    shared: SharedState | None,
+    price: Callable[[str], Price | None],
+) -> CallerLimits | None:
+    for keyword, value, kind in (
+        ("token_limit", tokens, TokenLimit),
+        ("spend_budget", spend, SpendBudget),
+        ("rate_limit", rate, RateLimit),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{keyword} must be a {kind.__name__}(...), got {value!r}")
+    if rate is None and tokens is None and spend is None:
+        return None
+    return CallerLimits(rate=rate, tokens=tokens, spend=spend, shared=shared, price=price)
 
 
 def _request_id(given: str | None, credential: str | None) -> str:

@@ -17,6 +17,7 @@ node of a Redis Cluster), and ``redis+sentinel://host:port[,host:port...]/servic
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 else:
     Client = Any
 
-__all__ = ["EXTRA_HINT", "RedisLink", "Unavailable", "hash_tag", "redact_url"]
+__all__ = ["EXTRA_HINT", "RedisLink", "Script", "Unavailable", "hash_tag", "redact_url"]
 
 logger = logging.getLogger("asgi_autoproxy.redis")
 
@@ -149,6 +150,19 @@ class RedisLink:
             self._failures = 0
         return result
 
+    async def script(self, op: str, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run a Lua ``script`` (EVALSHA, loading it on first use) within ``timeout``."""
+
+        async def run(redis: Client) -> Any:
+            from redis.exceptions import NoScriptError
+
+            try:
+                return await redis.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await redis.eval(script.text, len(keys), *keys, *args)
+
+        return await self.run(op, run)
+
     async def aclose(self) -> None:
         """Close this event loop's connections. A later command opens new ones."""
         if self._client is not None:
@@ -185,6 +199,14 @@ class RedisLink:
             self._log.debug("%s %s at %s failed: %s", self.what, op, self.location, reason)
         if not self.available:
             self._retry_at = time.monotonic() + self.retry_after
+
+
+class Script:
+    """A Lua script and its SHA-1, the name Redis caches it under."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
 
 
 class _Target:

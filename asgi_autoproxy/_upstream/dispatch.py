@@ -39,7 +39,9 @@ from typing import Literal, get_args
 import anyio
 import httpx
 
+from asgi_autoproxy._shared.state import SharedState
 from asgi_autoproxy._sse import EventSplitter, event_data, is_error
+from asgi_autoproxy._upstream.shared_health import ProviderHealth, SharedHealth
 from asgi_autoproxy.errors import ProxyError, ResponseTooLarge, bad_request, upstream_too_large
 from asgi_autoproxy.providers.base import Provider, UpstreamRequest, UpstreamResponse
 
@@ -102,12 +104,6 @@ class Cooldown:
 
 
 @dataclass(slots=True)
-class _Health:
-    failures: int = 0
-    cooled_until: float = 0.0
-
-
-@dataclass(slots=True)
 class _Failure:
     provider: Provider
     reason: str
@@ -129,7 +125,10 @@ class Dispatcher:
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         rng: random.Random | None = None,
         provider_names: Sequence[str] | None = None,
+        shared: SharedState | None = None,
     ) -> None:
+        """``shared``: where cool-downs and round-robin turns are shared across instances
+        (``_upstream/shared_health.py``); None keeps them in this process."""
         if load_balancing not in _LOAD_BALANCING:
             raise ValueError(
                 f"load_balancing must be one of {sorted(_LOAD_BALANCING)}, got {load_balancing!r}"
@@ -151,8 +150,13 @@ class Dispatcher:
         self._sole_provider = provider_names is not None and len(provider_names) == 1
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._turns: dict[tuple[str, ...], int] = {}
-        self._health: dict[str, _Health] = {}
+        policy = cooldown or Cooldown()
+        after, seconds = policy.after_failures, policy.seconds if cooldown is not None else 0.0
+        self.health: ProviderHealth = (
+            ProviderHealth(after_failures=after, seconds=seconds, clock=policy.clock)
+            if shared is None
+            else SharedHealth(shared, after_failures=after, seconds=seconds, clock=policy.clock)
+        )
 
     # -- public -------------------------------------------------------------------------
 
@@ -169,20 +173,22 @@ class Dispatcher:
         last: _Failure | None = None
         tried: list[str] = []
         peek = not (self._sole_provider and policy.max_retries == 0)
+        if self.cooldown is not None and len(candidates) > 1:
+            await self.health.refresh([p.name for p in candidates])
         for attempt_round in range(policy.max_retries + 1):
             if attempt_round:
                 delay = self._delay(attempt_round, last)
                 if time.monotonic() + delay - started > policy.deadline:
                     break
                 await self._sleep(delay)
-            for provider in self._order(candidates):
+            for provider in await self._order(candidates):
                 if (attempt_round or tried) and time.monotonic() - started > policy.deadline:
                     break
                 outcome = await self._attempt(provider, request, client, peek=peek)
                 if isinstance(outcome, UpstreamResponse):
-                    self._succeeded(provider)
+                    await self.health.succeeded(provider.name)
                     return provider, outcome
-                self._failed(provider)
+                await self._failed(provider)
                 tried.append(f"{provider.name!r} ({outcome.reason})")
                 logger.warning(
                     "provider %r failed for request %s: %s",
@@ -237,13 +243,11 @@ class Dispatcher:
 
     # -- ordering and health --------------------------------------------------------------
 
-    def _order(self, candidates: Sequence[Provider]) -> list[Provider]:
+    async def _order(self, candidates: Sequence[Provider]) -> list[Provider]:
         if len(candidates) == 1:
             return list(candidates)
         if self.load_balancing == "round_robin":
-            key = tuple(p.name for p in candidates)
-            turn = self._turns.get(key, 0)
-            self._turns[key] = (turn + 1) % len(candidates)
+            turn = await self.health.turn(tuple(p.name for p in candidates))
             ordered = [*candidates[turn:], *candidates[:turn]]
         elif self.load_balancing == "weighted":
             ordered = self._weighted_order(candidates)
@@ -273,21 +277,12 @@ class Dispatcher:
         return sorted(candidates, key=sort_key, reverse=True)
 
     def _cooling(self, provider: Provider, now: float) -> bool:
-        health = self._health.get(provider.name)
-        return health is not None and health.cooled_until > now
+        return self.health.cooling(provider.name, now)
 
-    def _succeeded(self, provider: Provider) -> None:
-        self._health.pop(provider.name, None)
-
-    def _failed(self, provider: Provider) -> None:
+    async def _failed(self, provider: Provider) -> None:
         if self.cooldown is None:
             return
-        health = self._health.setdefault(provider.name, _Health())
-        health.failures += 1
-        if health.failures >= self.cooldown.after_failures:
-            health.cooled_until = self.cooldown.clock() + self.cooldown.seconds
-            # One more failure after the pause cools it down again at once.
-            health.failures = self.cooldown.after_failures - 1
+        if await self.health.failed(provider.name):
             logger.warning(
                 "provider %r cooled down for %.0f s after repeated failures",
                 provider.name,
