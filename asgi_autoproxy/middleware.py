@@ -1,66 +1,39 @@
-"""``AutoProxyMiddleware``: the ASGI plumbing.
+"""``AutoProxyMiddleware``: the ASGI plumbing, and the middleware's lifecycle.
 
-Flow: match the path, read and validate the body, route the model to an endpoint
-and provider, call upstream, and relay the answer (whole or as SSE). Everything
-the middleware does not serve goes to the wrapped app untouched.
+It matches the path against the route table (``_routes.py``), tracks the request for
+graceful shutdown, and hands the pipeline (``_pipeline.py``) a request whose body it
+reads within the limits; the pipeline answers through the request's ``Call``.
+Everything the middleware does not serve goes to the wrapped app untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import os
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Unpack
 
 import anyio
 import httpx
 
-from asgi_autoproxy._asgi import (
-    ASGIApp,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    read_body,
-    route_path,
-)
+from asgi_autoproxy._asgi import ASGIApp, Message, Receive, Scope, Send, read_body, route_path
+from asgi_autoproxy._assembly import assemble, shared_state_for
 from asgi_autoproxy._cache.backends.base import CacheBackend
 from asgi_autoproxy._cache.backends.memory import MemoryCache
-from asgi_autoproxy._cache.backends.redis import RedisCache
-from asgi_autoproxy._cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL
-from asgi_autoproxy._cache.store import CacheStats, ResponseCache
+from asgi_autoproxy._cache.policy import DEFAULT_TTL
+from asgi_autoproxy._cache.store import CacheStats
 from asgi_autoproxy._call import Call, send_error
-from asgi_autoproxy._deadline import Deadline
-from asgi_autoproxy._gate.auth import Authenticate, CallerAuth
+from asgi_autoproxy._gate.auth import Authenticate
 from asgi_autoproxy._gate.budgets import SpendBudget, TokenLimit
-from asgi_autoproxy._gate.limits import RateLimit, RequestLimits
-from asgi_autoproxy._gate.shared_limits import CallerLimits
-from asgi_autoproxy._headers import (
-    RequestHeaders,
-    looks_like_key,
-)
-from asgi_autoproxy._http.clients import (
-    DEFAULT_TIMEOUT,
-    SharedClients,
-    TransportChoice,
-    default_client_factory,
-)
-from asgi_autoproxy._pipeline import Pipeline
-from asgi_autoproxy._routes import Route, route_table
-from asgi_autoproxy._routing.model_router import ModelRouter
-from asgi_autoproxy._routing.pricing import Price
-from asgi_autoproxy._shared.state import SharedState
-from asgi_autoproxy._shutdown import InFlightRequests, close_backend
-from asgi_autoproxy._sse import error_event
-from asgi_autoproxy._upstream.dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
-from asgi_autoproxy._upstream.redact import provider_secrets
+from asgi_autoproxy._gate.limits import RateLimit
+from asgi_autoproxy._headers import RequestHeaders, request_id
+from asgi_autoproxy._http.clients import TransportChoice
+from asgi_autoproxy._pipeline import ProxyRequest
+from asgi_autoproxy._routes import Route
+from asgi_autoproxy._shutdown import LAST_WORDS_WAIT, InFlightRequests, close_backend, cut_short
+from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
-from asgi_autoproxy.errors import (
-    server_shutting_down,
-)
+from asgi_autoproxy.errors import server_shutting_down
 from asgi_autoproxy.observability import RequestHook, RequestReporter
 from asgi_autoproxy.providers.base import Provider
 
@@ -69,13 +42,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asgi_autoproxy")
 
-# Generated ids: random per process, then a counter: unique without a syscall each.
-_ID_PREFIX = os.urandom(8).hex()
-_id_counter = itertools.count(1)
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 DEFAULT_SHUTDOWN_GRACE = 30.0
-_LAST_WORDS_WAIT = 1.0
-"""How long a request cancelled from outside may take to send its 503 or error event."""
 
 
 class _Default:
@@ -122,88 +89,54 @@ class AutoProxyMiddleware:
         http_transport: TransportChoice = "auto",
         **moved: Unpack[MovedKeywords],
     ) -> None:
-        if not path.startswith("/") or path.endswith("/"):
-            raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
         # Checked, with the flat keywords of the last release applied (config.py).
         limits, cache_options = moved_keywords(moved, limits=limits, cache_options=cache_options)
-        self.app = app
-        self.router = ModelRouter(providers, model_catalog)
-        self.max_body_size = limits.max_body_size
-        self._body_deadline = (
-            None if limits.request_read_timeout is None else Deadline(limits.request_read_timeout)
-        )
-        # Auth and limits live in their own modules; both validate here, at start-up.
-        auth = CallerAuth(
-            self.router.providers,
-            authenticate=authenticate,
-            api_keys=api_keys,
-            allow_anonymous=allow_anonymous,
-        )
+        if shutdown_grace < 0:
+            raise ValueError("shutdown_grace must be zero or more seconds")
         backend = MemoryCache() if isinstance(cache, _Default) else cache
-        # Rate, token and spend limits, provider health: in Redis when there is one
-        # (by default the RedisCache's own), else per process (_shared/state.py).
-        self._shared = _shared_state(shared_state, backend)
-        request_limits = RequestLimits(
-            max_header_count=limits.max_header_count,
-            max_header_bytes=limits.max_header_bytes,
-            max_json_depth=limits.max_json_depth,
-            max_concurrent_upstream=limits.max_concurrent_upstream,
-            callers=_caller_limits(
-                rate_limit, token_limit, spend_budget, self._shared, self.router.catalog.price
-            ),
+        # Limits and provider health: in Redis when there is one (by default the
+        # RedisCache's own), else per process (_shared/state.py).
+        self._shared = shared_state_for(
+            None if isinstance(shared_state, _Default) else shared_state,
+            backend,
+            default=isinstance(shared_state, _Default),
         )
-        # Longest first, so a key that contains another is replaced whole.
-        found = {s for p in self.router.providers for s in provider_secrets(p)}
-        secrets = tuple(sorted(found, key=len, reverse=True))
-        self._routes = route_table(path, siblings=sibling_routes)
-        if timeout is None:
-            client_timeout = DEFAULT_TIMEOUT
-        elif isinstance(timeout, httpx.Timeout):
-            client_timeout = timeout
-        else:
-            client_timeout = httpx.Timeout(timeout)
-        if not MIN_TTL <= cache_ttl <= MAX_TTL:
-            raise ValueError(f"cache_ttl must be between {MIN_TTL} and {MAX_TTL} seconds")
-        self._cache = (
-            None
-            if backend is None
-            else ResponseCache(backend, timeout=cache_options.timeout, clock=cache_options.clock)
-        )
-        # Several providers for one model: balancing, failover, retries (_upstream/dispatch.py).
-        dispatcher = Dispatcher(
+        parts = assemble(
+            providers=providers,
+            path=path,
+            model_catalog=model_catalog,
+            sibling_routes=sibling_routes,
+            limits=limits,
+            timeout=timeout,
+            http_client=http_client,
+            cache=backend,
+            cache_ttl=cache_ttl,
+            cache_options=cache_options,
             load_balancing=load_balancing,
             weights=weights,
             retry=retry,
             cooldown=cooldown,
-            provider_names=[p.name for p in self.router.providers],
-            shared=self._shared,
+            authenticate=authenticate,
+            api_keys=api_keys,
+            allow_anonymous=allow_anonymous,
+            rate_limit=rate_limit,
+            http_transport=http_transport,
+            token_limit=token_limit,
+            spend_budget=spend_budget,
+            shared_state=self._shared,
         )
-        self._clients = SharedClients(
-            client=http_client, factory=default_client_factory(client_timeout, http_transport)
-        )
-        # Fault tolerance and observability (see _shutdown.py, _idle_timeout.py, observability.py).
-        if shutdown_grace < 0:
-            raise ValueError("shutdown_grace must be zero or more seconds")
+        self.app = app
+        self._pipeline = parts.pipeline
+        self.router = parts.pipeline.router
+        self._routes = parts.routes
+        self._clients = parts.clients
+        self._cache = parts.cache
+        self.max_body_size = parts.max_body_size
+        self._body_deadline = parts.body_deadline
         self._shutdown_grace = shutdown_grace
         self._in_flight = InFlightRequests()
         self._closed = False
         self._reporter = RequestReporter(on_request)
-        self._pipeline = Pipeline(
-            router=self.router,
-            auth=auth,
-            limits=request_limits,
-            secrets=secrets,
-            cache=self._cache,
-            cache_ttl=cache_ttl,
-            share_cache=cache_options.share_across_callers,
-            coalesce_timeout=cache_options.coalesce_timeout,
-            max_follower_lag=cache_options.max_follower_lag,
-            dispatcher=dispatcher,
-            clients=self._clients,
-            max_response_size=limits.max_response_size,
-            max_event_size=limits.max_event_size,
-            stream_idle_timeout=limits.stream_idle_timeout,
-        )
 
     # -- ASGI entry point -------------------------------------------------------------
 
@@ -291,7 +224,7 @@ class AutoProxyMiddleware:
     async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """One request, tracked for graceful shutdown and reported once it ends."""
         headers = RequestHeaders(scope["headers"])
-        call = Call(request_id=_request_id(headers.request_id, headers.credential), send=send)
+        call = Call(request_id=request_id(headers.request_id, headers.credential), send=send)
         if self._closed:  # no new client, no upstream call: say so, in OpenAI's shape
             await send_error(call, server_shutting_down())
             return
@@ -302,12 +235,12 @@ class AutoProxyMiddleware:
             # (uvicorn past --timeout-graceful-shutdown), which would answer a bare
             # text/plain 500 or end a stream without a word. Say so first (best effort,
             # briefly: a caller that has gone gets nothing), then let the cancel go on.
-            with anyio.move_on_after(_LAST_WORDS_WAIT, shield=True):
+            with anyio.move_on_after(LAST_WORDS_WAIT, shield=True):
                 with contextlib.suppress(Exception):
-                    await self._cut_short(call)
+                    await cut_short(call)
             raise
         if cut:
-            await self._cut_short(call)
+            await cut_short(call)
         if self._reporter.enabled:
             record = call.trace.record(
                 request_id=call.request_id,
@@ -326,53 +259,4 @@ class AutoProxyMiddleware:
                 receive, self.max_body_size, headers.content_length, self._body_deadline
             )
 
-        await self._pipeline.serve(route, call, scope, headers, receive, body)
-
-    async def _cut_short(self, call: Call) -> None:
-        if call.trace.completed:
-            return  # the answer went out whole before the cut
-        error = server_shutting_down()
-        call.trace.error = error.code
-        if call.trace.streaming:
-            await call.end_stream(error_event(error.to_dict()))
-        elif not call.started:
-            await send_error(call, error)
-
-
-def _shared_state(
-    shared_state: str | Client | _Default | None, backend: CacheBackend | None
-) -> SharedState | None:
-    if isinstance(shared_state, _Default):
-        if isinstance(backend, RedisCache):
-            return SharedState(backend.link, prefix=backend.prefix)
-        return None
-    if shared_state is None:
-        return None
-    return SharedState.connect(shared_state)
-
-
-def _caller_limits(
-    rate: RateLimit | None,
-    tokens: TokenLimit | None,
-    spend: SpendBudget | None,
-    shared: SharedState | None,
-    price: Callable[[str], Price | None],
-) -> CallerLimits | None:
-    for keyword, value, kind in (
-        ("token_limit", tokens, TokenLimit),
-        ("spend_budget", spend, SpendBudget),
-        ("rate_limit", rate, RateLimit),
-    ):
-        if value is not None and not isinstance(value, kind):
-            raise TypeError(f"{keyword} must be a {kind.__name__}(...), got {value!r}")
-    if rate is None and tokens is None and spend is None:
-        return None
-    return CallerLimits(rate=rate, tokens=tokens, spend=spend, shared=shared, price=price)
-
-
-def _request_id(given: str | None, credential: str | None) -> str:
-    """The caller's id when usable, else a new one. The id is echoed, logged and sent
-    upstream, so one that looks like a key (pasted into the wrong header) is replaced."""
-    if given is not None and _REQUEST_ID.fullmatch(given) and not looks_like_key(given, credential):
-        return given
-    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+        await self._pipeline.serve(ProxyRequest(route, scope, headers, receive, body), call)

@@ -19,7 +19,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from asgi_autoproxy import AutoProxyMiddleware, RedisCache
+from asgi_autoproxy import AutoProxyMiddleware, CacheOptions, RedisCache
 from asgi_autoproxy._shared.redis_link import RedisLink
 from tests.conftest import CALLER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
@@ -108,7 +108,13 @@ def test_a_decoding_cluster_client_is_refused(cluster: RedisCluster) -> None:
 async def test_miss_on_one_instance_is_a_hit_on_another_on_the_cluster(
     make_proxy: MakeProxy, upstream: FakeUpstream, cluster: RedisCluster
 ) -> None:
-    a, b = (make_proxy(cache=RedisCache(cluster.url, prefix="mw:", timeout=2)) for _ in "ab")
+    a, b = (
+        make_proxy(
+            cache=RedisCache(cluster.url, prefix="mw:", timeout=2),
+            cache_options=CacheOptions(timeout=2),  # a first command also maps the cluster
+        )
+        for _ in "ab"
+    )
     body = chat_body("cluster-wide cache", temperature=0)
     first = await _post(a, body)
     second = await _post(b, body)
