@@ -26,6 +26,7 @@ from asgi_autoproxy._asgi import (
     send_response,
     serve_lifespan,
 )
+from asgi_autoproxy._cache.backends.redis import RedisCache
 from asgi_autoproxy._gate.auth import parse_client_keys as client_keys
 from asgi_autoproxy._heap import freeze_startup_heap
 from asgi_autoproxy.config import Limits
@@ -44,6 +45,7 @@ logger = logging.getLogger("asgi_autoproxy")
 LOOPS = ("asyncio", "uvloop", "auto")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 HEALTH_PATH = "/healthz"
+REDIS_URL_VARIABLE = "ASGI_AUTOPROXY_REDIS_URL"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -119,6 +121,16 @@ def _choice(choices: Sequence[str]) -> dict[str, Any]:
         return value.lower()
 
     return {"type": parse, "metavar": "{" + ",".join(choices) + "}"}
+
+
+def _workers(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of workers: {value!r}") from None
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError(f"workers must be between 1 and 256, got {count}")
+    return count
 
 
 def _env_flag(environ: Mapping[str, str], name: str) -> bool:
@@ -221,6 +233,23 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         default=env.get("AUTOPROXY_LOG_LEVEL", "info"),
         help="log level for uvicorn and the proxy (env AUTOPROXY_LOG_LEVEL; default %(default)s)",
     )
+    parser.add_argument(
+        "--redis-url",
+        default=env.get(REDIS_URL_VARIABLE) or None,
+        metavar="URL",
+        help="share the cache and all shared state (rate limits, provider health) through "
+        "this Redis, Redis Cluster (redis+cluster://), Sentinel (redis+sentinel://) or "
+        f"Valkey (valkey://) (env {REDIS_URL_VARIABLE}; default: per process)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=env.get("AUTOPROXY_WORKERS", "1"),
+        metavar="N",
+        help="serve with N processes on one socket; with --redis-url they share the cache "
+        "and state (env AUTOPROXY_WORKERS; default %(default)s)",
+    )
+    parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -232,6 +261,10 @@ def build_app(
     env = os.environ if environ is None else environ
     api_key = None if _pass_through(args, env) else env["OPENAI_API_KEY"]
     provider = OpenAIProvider(base_url=args.openai_base_url, api_key=api_key, name="openai")
+    # The cache in Redis; rate limits and provider health follow it (shared_state).
+    shared: dict[str, Any] = {}
+    if args.redis_url is not None:
+        shared["cache"] = RedisCache(args.redis_url)
     return AutoProxyMiddleware(
         standalone_app(args.path, gc_freeze=bool(args.gc_freeze)),
         providers=[provider],
@@ -240,6 +273,7 @@ def build_app(
         allow_anonymous=bool(args.allow_anonymous),
         shutdown_grace=float(args.shutdown_grace),
         limits=Limits(request_read_timeout=float(args.request_read_timeout)),
+        **shared,
     )
 
 
@@ -295,6 +329,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvicorn
     except ImportError:
         parser.exit(2, "asgi-autoproxy needs uvicorn: pip install 'asgi_autoproxy[server]'\n")
+    if args.workers > 1 and args.fd is None:
+        if args.redis_url is None:
+            print(
+                f"{parser.prog}: {args.workers} workers without --redis-url: each keeps its "
+                "own cache and limits",
+                file=sys.stderr,
+            )
+        from asgi_autoproxy._workers import run_workers
+
+        given = list(sys.argv[1:] if argv is None else argv)
+        return run_workers(args.workers, given, args.host, args.port)
     try:
         app = build_app(args)
     except (ValueError, TypeError) as error:
@@ -313,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         http=guarded_http_protocol(header_timeout=args.request_read_timeout),
         host=args.host,
         port=args.port,
+        fd=args.fd,  # a worker of --workers: the parent's socket
         loop=args.loop,
         log_level=args.log_level,
         log_config=log_config(args.log_level),

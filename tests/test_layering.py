@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("upstream", ("_upstream",)),
     ("pipeline", ("_call", "_routes", "_relay", "_pipeline", "_shutdown")),
     ("middleware", ("config", "_assembly", "middleware")),
-    ("entry points", ("cli", "_server", "_heap", "openapi", "__init__", "__main__")),
+    ("entry points", ("cli", "_server", "_workers", "_heap", "openapi", "__init__", "__main__")),
 ]
 
 
