@@ -1,7 +1,8 @@
 """asgi_autoproxy as the benchmark runs it, configured from the environment.
 
 ``BENCH_UPSTREAM``: upstream base URL. ``BENCH_CACHE=1``: the in-memory cache on
-(otherwise off). ``BENCH_GC_FREEZE=1``: start-up ends with ``freeze_startup_heap``, as
+(otherwise off). ``BENCH_REDIS``: a ``RedisCache`` at that URL instead (and with it the
+shared state). ``BENCH_RATE_LIMIT=1``: a per-caller rate limit, checked, never reached. ``BENCH_GC_FREEZE=1``: start-up ends with ``freeze_startup_heap``, as
 in the CLI. ``BENCH_TRANSPORT``: ``auto`` (default), ``aiohttp``, ``httpx``, or
 ``httpx-aiohttp`` (the ``httpx_aiohttp`` package's transport, for comparison).
 """
@@ -47,6 +48,14 @@ def build() -> AutoProxyMiddleware:
             options["cache"] = MemoryCache(max_bytes=max_bytes, max_entries=1_000_000)
         else:
             options["cache"] = None
+    if os.environ.get("BENCH_REDIS"):  # bench/shared.py: the cache and limits in Redis
+        from asgi_autoproxy import RedisCache
+
+        options["cache"] = RedisCache(os.environ["BENCH_REDIS"], prefix="bench:")
+    if os.environ.get("BENCH_RATE_LIMIT"):  # checked on every request, never reached
+        from asgi_autoproxy import RateLimit
+
+        options["rate_limit"] = RateLimit(requests_per_second=1e6, burst=10**9)
     transport = os.environ.get("BENCH_TRANSPORT", "auto")
     if transport == "httpx-aiohttp":
         from httpx_aiohttp import AiohttpTransport
