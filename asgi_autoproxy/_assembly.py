@@ -20,6 +20,7 @@ from asgi_autoproxy._cache.store import ResponseCache
 from asgi_autoproxy._deadline import Deadline
 from asgi_autoproxy._gate.auth import Authenticate, CallerAuth
 from asgi_autoproxy._gate.budgets import SpendBudget, TokenLimit
+from asgi_autoproxy._gate.credentials import TemporaryCredentials
 from asgi_autoproxy._gate.limits import RateLimit, RequestLimits
 from asgi_autoproxy._gate.shared_limits import CallerLimits
 from asgi_autoproxy._http.clients import (
@@ -78,6 +79,7 @@ def assemble(
     token_limit: TokenLimit | None = None,
     spend_budget: SpendBudget | None = None,
     shared_state: SharedState | None = None,
+    credentials: TemporaryCredentials | None = None,
 ) -> Assembly:
     if not path.startswith("/") or path.endswith("/"):
         raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
@@ -89,6 +91,7 @@ def assemble(
         authenticate=authenticate,
         api_keys=api_keys,
         allow_anonymous=allow_anonymous,
+        credentials=credentials,
     )
     request_limits = RequestLimits(
         max_header_count=limits.max_header_count,
@@ -153,7 +156,7 @@ def assemble(
     )
     return Assembly(
         pipeline=pipeline,
-        routes=route_table(path, siblings=sibling_routes),
+        routes=route_table(path, siblings=sibling_routes, credentials=credentials),
         clients=clients,
         cache=store,
         max_body_size=limits.max_body_size,

@@ -103,6 +103,11 @@ class Pipeline:
                 await send_json(call, 200, _json.dumps(route.answer(self.router)))
                 return
             body = await request.read_body()
+            if route.reply is not None:  # answered here, from the parsed body (/credentials)
+                assert route.parse is not None
+                reply = route.reply(route.parse(body, self._limits.max_json_depth), caller)
+                await send_json(call, 200, _json.dumps(reply))
+                return
             # -- cache, first by the plan remembered for these very bytes (no parsing)
             cache = self.cache if route.cacheable else None
             digest = remembered = None
@@ -110,7 +115,9 @@ class Pipeline:
                 has_key = caller.credential is not None
                 digest = cache.digest(route.name, caller.cache_scope, has_key, headers, body)
                 remembered = cache.plan_memo.get(digest)
-                if remembered is not None:
+                # A token's models hold on hits too: a plan remembered for another caller
+                # of the same issuer is no way around them.
+                if remembered is not None and caller.allows(remembered.model):
                     entry = await cache.hit(remembered)
                     if entry is not None:
                         call.trace.model = remembered.model
@@ -121,6 +128,7 @@ class Pipeline:
             assert route.parse is not None and route.endpoint is not None
             payload = route.parse(body, self._limits.max_json_depth)
             model = payload["model"]
+            caller.check_model(model)  # a temporary credential's models: 403 for others
             if callers is not None:
                 callers.check_model(model)
             endpoint: Endpoint = route.endpoint(self.router, model, payload)
@@ -152,7 +160,7 @@ class Pipeline:
                     providers=[p.name for p in candidates],
                     pinned=headers.endpoint_name,
                     caller_scope=caller.cache_scope,
-                    credential=caller.credential,
+                    credential=caller.presented,
                 )
                 if digest is not None and plan is not None and plan.decision.read:
                     cache.plan_memo.put(digest, plan)

@@ -23,6 +23,8 @@ from asgi_autoproxy._cache.backends.memory import MemoryCache
 from asgi_autoproxy._cache.policy import DEFAULT_TTL
 from asgi_autoproxy._cache.store import CacheStats
 from asgi_autoproxy._call import Call, send_error
+from asgi_autoproxy._cors import CorsOrigin, CorsPolicy
+from asgi_autoproxy._gate import credentials as temporary
 from asgi_autoproxy._gate.auth import Authenticate
 from asgi_autoproxy._gate.budgets import SpendBudget, TokenLimit
 from asgi_autoproxy._gate.limits import RateLimit
@@ -33,7 +35,7 @@ from asgi_autoproxy._routes import Route
 from asgi_autoproxy._shutdown import LAST_WORDS_WAIT, InFlightRequests, close_backend, cut_short
 from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
-from asgi_autoproxy.errors import server_shutting_down
+from asgi_autoproxy.errors import ProxyError, server_shutting_down
 from asgi_autoproxy.observability import RequestHook, RequestReporter
 from asgi_autoproxy.providers.base import Provider
 
@@ -87,6 +89,10 @@ class AutoProxyMiddleware:
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         on_request: RequestHook | None = None,
         http_transport: TransportChoice = "auto",
+        credentials_secret: str | None = None,
+        credentials_denylist: bool = False,
+        cors_origins: Sequence[CorsOrigin] | None = None,
+        cors_allow_credentials: bool = False,
         **moved: Unpack[MovedKeywords],
     ) -> None:
         # Checked, with the flat keywords of the last release applied (config.py).
@@ -100,6 +106,17 @@ class AutoProxyMiddleware:
             None if isinstance(shared_state, _Default) else shared_state,
             backend,
             default=isinstance(shared_state, _Default),
+        )
+        self._credentials = temporary.from_settings(
+            credentials_secret,
+            denylist=credentials_denylist,
+            store=backend,
+            timeout=cache_options.timeout,
+        )
+        self._cors = (
+            None
+            if cors_origins is None
+            else CorsPolicy(cors_origins, allow_credentials=cors_allow_credentials)
         )
         parts = assemble(
             providers=providers,
@@ -124,6 +141,7 @@ class AutoProxyMiddleware:
             token_limit=token_limit,
             spend_budget=spend_budget,
             shared_state=self._shared,
+            credentials=self._credentials,
         )
         self.app = app
         self._pipeline = parts.pipeline
@@ -145,6 +163,11 @@ class AutoProxyMiddleware:
         if kind == "http":
             route = self._routes.get(route_path(scope))
             if route is not None:
+                if self._cors is not None:  # a preflight is answered there and then
+                    cors_send = await self._cors.gate(scope, route.method, send)
+                    if cors_send is None:
+                        return
+                    send = cors_send
                 await self._handle(route, scope, receive, send)
                 return
         elif kind == "lifespan":
@@ -210,6 +233,35 @@ class AutoProxyMiddleware:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def issue_credential(
+        self, caller_id: str, *, model: str | Sequence[str] | None = None, ttl_seconds: int = 600
+    ) -> str:
+        """A temporary credential for ``caller_id``, as ``POST {prefix}/credentials``
+        gives one, for an app that decides who its callers are itself (a logged-in
+        page). ``model``: one name, several, or None for any."""
+        if self._credentials is None:
+            raise RuntimeError("temporary credentials are off: pass credentials_secret=")
+        if not isinstance(caller_id, str) or not caller_id:
+            raise ValueError("caller_id must be a non-empty string")
+        listed = model if model is None or isinstance(model, str) else list(model)
+        try:
+            wanted = temporary.parse_credential_request(
+                {"model": listed, "ttl_seconds": ttl_seconds}
+            )
+        except ProxyError as error:  # the route's 400, as the Python caller's ValueError
+            raise ValueError(error.message) from None
+        return self._credentials.issue(
+            caller_id, models=wanted.models, ttl_seconds=wanted.ttl_seconds
+        )
+
+    async def revoke_credential(self, token_or_jti: str) -> str:
+        """Refuse a temporary credential (the token, or its ``jti``) from now on, on every
+        instance that shares the cache backend; returns the ``jti``. Needs
+        ``credentials_denylist=True``."""
+        if self._credentials is None:
+            raise RuntimeError("temporary credentials are off: pass credentials_secret=")
+        return await self._credentials.revoke(token_or_jti)
+
     @property
     def closed(self) -> bool:
         """True once ``aclose()`` has finished."""
@@ -247,6 +299,7 @@ class AutoProxyMiddleware:
                 method=scope["method"],
                 route=route.name,
                 caller_id=None if call.caller is None else call.caller.id,
+                credential_id=_credential_id(call),
             )
             await self._reporter.report(record)
 
@@ -260,3 +313,8 @@ class AutoProxyMiddleware:
             )
 
         await self._pipeline.serve(ProxyRequest(route, scope, headers, receive, body), call)
+
+
+def _credential_id(call: Call) -> str | None:
+    grant = None if call.caller is None else call.caller.grant
+    return None if grant is None else grant.jti

@@ -57,9 +57,10 @@ class RequestRecord:
     request_id: str
     method: str
     route: str
-    """Which of the proxy's routes: auto, chat, completion or models."""
+    """Which of the proxy's routes: auto, chat, completion, models or credentials."""
     endpoint: str | None
-    """The upstream endpoint (chat or completion) once the request was understood."""
+    """The upstream endpoint (chat, completion or chat_via_responses) once the request
+    was understood."""
     model: str | None
     provider: str | None
     """The provider that answered; None when none did (cache hit, refused, unreachable)."""
@@ -79,6 +80,8 @@ class RequestRecord:
     client_disconnected: bool
     """The caller left before the whole answer was sent."""
     caller_id: str | None
+    credential_id: str | None = None
+    """The ``jti`` of the temporary credential used, if one was (never the token itself)."""
 
     def log_fields(self) -> dict[str, Any]:
         """Flat fields for ``logging``'s ``extra=`` (names chosen not to clash with it)."""
@@ -128,6 +131,7 @@ class RequestTrace:
         method: str,
         route: str,
         caller_id: str | None,
+        credential_id: str | None = None,
     ) -> RequestRecord:
         now = time.perf_counter()
         first = self.first_byte_at
@@ -147,6 +151,7 @@ class RequestTrace:
             error=self.error,
             client_disconnected=not self.completed,
             caller_id=caller_id,
+            credential_id=credential_id,
         )
 
 

@@ -81,7 +81,11 @@ def _proxy_responses() -> dict[str, Any]:
             "Malformed body, unknown model, nesting too deep, or a cache or "
             "x-bt-endpoint-name header value the proxy does not accept."
         ),
-        "401": _error("Missing or invalid API key.", "www-authenticate"),
+        "401": _error(
+            "Missing or invalid API key, or an expired, revoked or tampered temporary credential.",
+            "www-authenticate",
+        ),
+        "403": _error("A temporary credential used for a model it does not name."),
         "405": _error("Wrong method for this route."),
         "408": _error("The body did not arrive within the proxy's time limit."),
         "413": _error("Body larger than the proxy's limit."),
@@ -98,11 +102,13 @@ def openapi_document(
     *,
     sibling_routes: bool = True,
     endpoint_names: Sequence[str] | None = None,
+    credentials: bool = False,
 ) -> dict[str, Any]:
     """The description for a middleware built with the same ``path`` and
     ``sibling_routes``; serve it or feed it to an API tester. ``endpoint_names``: the
     providers' names, the values ``x-bt-endpoint-name`` accepts (any other is a 400);
-    without them the header is described as any string."""
+    without them the header is described as any string. ``credentials``: describe
+    ``POST {prefix}/credentials`` too (a middleware with a ``credentials_secret``)."""
     from asgi_autoproxy import __version__
 
     parameters = _request_headers(endpoint_names)
@@ -172,6 +178,8 @@ def openapi_document(
                 },
             }
         }
+    if credentials:
+        paths[f"{prefix}/credentials"] = _credentials_operation()
     return {
         "openapi": "3.1.0",
         "info": {
@@ -185,18 +193,119 @@ def openapi_document(
     }
 
 
+def _credentials_operation() -> dict[str, Any]:
+    from asgi_autoproxy._gate.credentials import DEFAULT_TTL, MAX_MODEL_LENGTH, MAX_MODELS, MAX_TTL
+
+    name = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_MODEL_LENGTH,
+        "pattern": "[^ \\t\\r\\n]",
+    }
+    return {
+        "post": {
+            "tags": ["Proxy"],
+            "operationId": "proxycredentials",
+            "summary": "Issue a temporary credential",
+            "description": "A short-lived signed token (a JWT) for the calling caller, usable "
+            "as a Bearer key on every route until it expires, for the models it names.",
+            "requestBody": {
+                "required": False,
+                "content": {
+                    _JSON: {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "model": {
+                                    "anyOf": [
+                                        name,
+                                        {
+                                            "type": "array",
+                                            "items": name,
+                                            "minItems": 1,
+                                            "maxItems": MAX_MODELS,
+                                        },
+                                        {"type": "null"},
+                                    ],
+                                    "description": "One model, several, or null for any.",
+                                },
+                                "ttl_seconds": {
+                                    "type": "integer",
+                                    "minimum": 1,
+                                    "maximum": MAX_TTL,
+                                    "default": DEFAULT_TTL,
+                                },
+                                "logging": {"description": "Accepted and ignored."},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "The temporary credential.",
+                    "headers": {"x-request-id": {"$ref": "#/components/headers/x-request-id"}},
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["key"],
+                                "properties": {"key": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "400": _error("Malformed body, or a model or ttl_seconds out of range."),
+                "401": _error("Missing or invalid API key.", "www-authenticate"),
+                "403": _error("A temporary credential cannot ask for another one."),
+                "405": _error("Wrong method for this route."),
+                "408": _error("The body did not arrive within the proxy's time limit."),
+                "413": _error("Body larger than the proxy's limit."),
+                "429": _error("Caller over its rate limit.", "retry-after"),
+                "431": _error("Too many or too large request headers."),
+                "503": _error(
+                    "The revocation list could not be checked, or the proxy is shutting down.",
+                    "retry-after",
+                ),
+            },
+        }
+    }
+
+
 def _model(*refused: str) -> dict[str, Any]:
     """A model name; ``/auto`` refuses the built-in catalog's models of the ``refused``
     flavours for this body shape, so a schema-valid request never meets that 400."""
     globs = [glob for glob, flavor in BUILTIN_CATALOG.items() if flavor in refused]
-    # Globs as ECMA-262 patterns: the catalog's only wildcard is `*`.
-    patterns = ["^" + ".*".join(map(_ecma_escape, glob.split("*"))) + "$" for glob in globs]
+    patterns = [_glob_pattern(glob) for glob in globs]
     return {
         "type": "string",
         "minLength": 1,
         "pattern": "[^ \\t\\r\\n]",
         "not": {"anyOf": [{"pattern": pattern} for pattern in patterns]},
     }
+
+
+def _glob_pattern(glob: str) -> str:
+    """A catalog glob (fnmatch: ``*``, ``?``, ``[0-9]``, ``[!0-9]``) as an ECMA-262 pattern."""
+    out = ["^"]
+    position = 0
+    while position < len(glob):
+        ch = glob[position]
+        end = glob.find("]", position + 2) if ch == "[" else -1
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif end != -1:
+            inside = glob[position + 1 : end]
+            negate = inside.startswith("!")
+            body = inside[1:] if negate else inside
+            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
+            position = end
+        else:
+            out.append(_ecma_escape(ch))
+        position += 1
+    return "".join(out) + "$"
 
 
 def _ecma_escape(text: str) -> str:
@@ -256,7 +365,7 @@ def _components() -> dict[str, Any]:
                 "required": ["model", "prompt"],
                 "properties": {
                     **common,
-                    "model": _model("embedding", "chat"),
+                    "model": _model("embedding", "chat", "responses"),
                     "prompt": {
                         "anyOf": [
                             {"type": "string"},

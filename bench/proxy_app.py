@@ -2,9 +2,10 @@
 
 ``BENCH_UPSTREAM``: upstream base URL. ``BENCH_CACHE=1``: the in-memory cache on
 (otherwise off). ``BENCH_REDIS``: a ``RedisCache`` at that URL instead (and with it the
-shared state). ``BENCH_RATE_LIMIT=1``: a per-caller rate limit, checked, never reached. ``BENCH_GC_FREEZE=1``: start-up ends with ``freeze_startup_heap``, as
-in the CLI. ``BENCH_TRANSPORT``: ``auto`` (default), ``aiohttp``, ``httpx``, or
-``httpx-aiohttp`` (the ``httpx_aiohttp`` package's transport, for comparison).
+shared state). ``BENCH_RATE_LIMIT=1``: a per-caller rate limit, checked, never
+reached. ``BENCH_GC_FREEZE=1``: start-up ends with ``freeze_startup_heap``, as in the
+CLI. ``BENCH_TRANSPORT``: ``auto`` (default), ``aiohttp``, ``httpx``, or ``httpx-aiohttp``
+(the ``httpx_aiohttp`` package's transport, for comparison).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "_sse",
             "_idle_timeout",
             "_protocols",
+            "_cors",
         ),
     ),
     ("http", ("_http",)),
