@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 
 import anyio
@@ -223,7 +223,7 @@ class Pipeline:
     ) -> None:
         """Call upstream and relay, stopping when nobody listens any more."""
         failure: Exception | None = None
-        with self._flying(tee) as flight:
+        async with self._flying(tee) as flight:
             try:
                 async with TaskCancelScope() as scope:
                     if flight is not None:
@@ -251,7 +251,7 @@ class Pipeline:
         if failure is not None:
             raise failure
 
-    def _flying(self, tee: Tee | None) -> AbstractContextManager[Flight | None]:
+    def _flying(self, tee: Tee | None) -> AbstractAsyncContextManager[Flight | None]:
         if tee is None:
             return nullcontext()
         assert self.cache is not None

@@ -133,13 +133,16 @@ class RedisLink:
             self._clients[loop] = client
         return client
 
-    async def run(self, op: str, command: Callable[[Client], Awaitable[T]]) -> T:
-        """Run one command within ``timeout``; raise ``Unavailable`` on any failure."""
+    async def run(
+        self, op: str, command: Callable[[Client], Awaitable[T]], *, wait: float = 0.0
+    ) -> T:
+        """Run one command within ``timeout`` (plus ``wait``, for a command that blocks on
+        purpose); raise ``Unavailable`` on any failure."""
         if not self.available and time.monotonic() < self._retry_at:
             self.skipped += 1
             raise Unavailable
         try:
-            with anyio.fail_after(self.timeout):
+            with anyio.fail_after(self.timeout + wait):
                 result = await command(self.client())
         except Exception as exc:
             self._failed(op, exc)

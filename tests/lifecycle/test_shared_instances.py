@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from tests.redis_server import RedisServer, free_port, running_redis
 from tests.servers import ServerThread, serve_fleet
 
 READY_TIMEOUT = 30.0
+PIDS: dict[str, int] = {}
+"""Each running proxy's process id, by its URL."""
 
 
 @contextlib.contextmanager
@@ -58,6 +61,8 @@ def proxies(count: int, env: Mapping[str, str]) -> Iterator[list[str]]:
                     break
                 assert time.monotonic() < deadline, "proxy process did not start listening"
                 time.sleep(0.05)
+        for process, port, _ in started:
+            PIDS[f"http://127.0.0.1:{port}"] = process.pid
         yield [f"http://127.0.0.1:{port}" for _, port, _ in started]
     finally:
         for process, _, _ in started:
@@ -246,3 +251,134 @@ def test_killing_and_pausing_redis_fails_no_request_and_sharing_resumes(
                     break
                 assert time.monotonic() < deadline, "the cache was never shared again"
                 time.sleep(0.2)
+
+
+def _stream(url: str, body: dict[str, object], out: dict[str, object]) -> None:
+    """Stream one answer; note when its first body byte came, its bytes and headers."""
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream(
+            "POST",
+            f"{url}/v1/proxy/auto",
+            json=body,
+            headers={"authorization": f"Bearer {CALLER_KEY}"},
+        ) as response,
+    ):
+        out["status"], out["cached"] = response.status_code, response.headers.get("x-bt-cached")
+        data = b""
+        for chunk in response.iter_raw():
+            if chunk and "first" not in out:
+                out["first"] = time.monotonic()
+            data += chunk
+        out["data"] = data
+
+
+def _stream_quietly(url: str, body: dict[str, object], out: dict[str, object]) -> None:
+    """``_stream`` for a client whose server is killed under it."""
+    with contextlib.suppress(httpx.HTTPError):
+        _stream(url, body, out)
+
+
+def _streams(urls: list[str], body: dict[str, object], count: int) -> list[dict[str, object]]:
+    """``count`` identical streams spread over ``urls``, the first one started first."""
+    results: list[dict[str, object]] = [{} for _ in range(count)]
+    threads = [
+        threading.Thread(target=_stream, args=(urls[i % len(urls)], body, results[i]))
+        for i in range(count)
+    ]
+    threads[0].start()
+    for thread in threads[1:]:
+        time.sleep(0.05)
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_identical_streams_across_processes_make_one_upstream_call(
+    upstream: FakeUpstream, upstream_url: str, redis_url: str
+) -> None:
+    env = {
+        "ASGI_AUTOPROXY_TEST_UPSTREAM": upstream_url,
+        "ASGI_AUTOPROXY_TEST_REDIS": redis_url,
+        "ASGI_AUTOPROXY_TEST_PREFIX": f"streams-{time.monotonic_ns()}:",
+        "ASGI_AUTOPROXY_TEST_TIMEOUT": "2",
+    }
+    body = chat_body(
+        "one stream for every process", temperature=0, stream=True,
+        fake={"gate_before_first": True, "chunks": 6, "delay": 0.02},
+    )  # fmt: skip
+    with proxies(3, env) as urls:
+        results: list[dict[str, object]] = []
+        runner = threading.Thread(target=lambda: results.extend(_streams(urls, body, 8)))
+        runner.start()
+        deadline = time.monotonic() + 20
+        while not upstream.parked:  # the leader's upstream call waits at the gate
+            assert time.monotonic() < deadline, "no upstream call started"
+            time.sleep(0.01)
+        time.sleep(1.0)  # every follower has joined (each started 50 ms after the last)
+        upstream.open_gate()
+        runner.join(timeout=60)
+        assert upstream.calls == 1
+        assert [r["status"] for r in results] == [200] * 8
+        # One leader (whichever process took the lock first); the others followed it.
+        [leader] = [r for r in results if r["cached"] == "MISS"]
+        followers = [r for r in results if r is not leader]
+        assert {f["cached"] for f in followers} == {"HIT"}
+        whole = leader["data"]
+        assert isinstance(whole, bytes) and whole.endswith(b"data: [DONE]\n\n")
+        assert all(f["data"] == whole for f in followers)
+        first = float(leader["first"])  # type: ignore[arg-type]
+        lags = [float(f["first"]) - first for f in followers]  # type: ignore[arg-type]
+        assert max(lags) <= 0.05, [round(lag, 4) for lag in lags]
+        # Stored once, whole: a later request on any process is a plain hit.
+        later: dict[str, object] = {}
+        _stream(urls[2], body, later)
+        assert later["cached"] == "HIT" and later["data"] == whole
+    assert upstream.calls == 1
+
+
+@pytest.mark.parametrize("fate", ["killed", "stopped"])
+def test_followers_go_alone_when_the_leading_process_dies_or_stalls(
+    upstream: FakeUpstream, upstream_url: str, server: RedisServer, fate: str
+) -> None:
+    env = {
+        "ASGI_AUTOPROXY_TEST_UPSTREAM": upstream_url,
+        "ASGI_AUTOPROXY_TEST_REDIS": server.url,
+        "ASGI_AUTOPROXY_TEST_PREFIX": f"orphans-{time.monotonic_ns()}:",
+        "ASGI_AUTOPROXY_TEST_TIMEOUT": "2",
+    }
+    body = chat_body(
+        f"a leader that {fate}", temperature=0, stream=True,
+        fake={"gate_before_first": True, "chunks": 4},
+    )  # fmt: skip
+    with proxies(2, env) as (a, b):
+        leader_pid = PIDS[a]
+        lead: dict[str, object] = {}
+        follow: dict[str, object] = {}
+        leading = threading.Thread(target=_stream_quietly, args=(a, body, lead))
+        leading.start()
+        deadline = time.monotonic() + 20
+        while not upstream.parked:
+            assert time.monotonic() < deadline, "the leader never called upstream"
+            time.sleep(0.01)
+        following = threading.Thread(target=_stream, args=(b, body, follow))
+        following.start()
+        time.sleep(0.5)  # B follows A's stream across processes
+        os.kill(leader_pid, signal.SIGKILL if fate == "killed" else signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            while upstream.calls < 2:  # B gives up on A and calls upstream itself
+                assert time.monotonic() - started < 10, "the follower never went alone"
+                time.sleep(0.02)
+            assert time.monotonic() - started <= 6  # the lock's life plus a heartbeat
+            upstream.open_gate()
+            following.join(timeout=30)
+        finally:
+            if fate == "stopped":
+                os.kill(leader_pid, signal.SIGCONT)
+        assert follow["status"] == 200
+        data = follow["data"]
+        assert isinstance(data, bytes) and data.endswith(b"data: [DONE]\n\n")
+        assert b"error" not in data
+        leading.join(timeout=30)

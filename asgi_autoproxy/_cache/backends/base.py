@@ -53,6 +53,25 @@ class SharedLockBackend(Protocol):
 
 
 @runtime_checkable
+class StreamBackend(Protocol):
+    """A ``SharedLockBackend`` that can also relay a stream to other processes as it
+    comes (``RedisCache`` does, on Redis Streams): the lock holder appends, the others
+    read."""
+
+    async def stream_leader(self, key: str) -> str | None: ...
+
+    async def keep_lock(self, key: str, token: str, ttl_ms: int) -> bool: ...
+
+    async def stream_append(
+        self, key: str, token: str, items: list[bytes], ttl_ms: int
+    ) -> bool: ...
+
+    async def stream_read(
+        self, key: str, token: str, after: bytes, block_ms: int
+    ) -> list[tuple[bytes, bytes]] | None: ...
+
+
+@runtime_checkable
 class EncryptedBackend(Protocol):
     """A backend whose ``encrypt`` is True gets values sealed with AES-256-GCM under a key
     derived from the request and the caller's credential, which it never sees."""

@@ -45,6 +45,15 @@ return 0
 """
 
 
+# Extend the lock only while it still holds our token.
+_KEEP_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
 class RedisCache:
     """A ``CacheBackend`` storing entries in Redis with native TTLs.
 
@@ -212,6 +221,65 @@ class RedisCache:
             await anyio.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.1)
 
+    # --- Streams across instances ---------------------------------------------
+
+    async def stream_leader(self, key: str) -> str | None:
+        """The token of the instance leading ``key`` (its lock's value), or None."""
+        name = self.lock_name(key)
+        try:
+            token = await self.link.run("stream_leader", lambda redis: redis.get(name))
+        except Unavailable:
+            return None
+        return None if token is None else _as_bytes(token).decode()
+
+    async def keep_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        """Extend the lock while ``token`` holds it: the leader's heartbeat."""
+        name = self.lock_name(key)
+        try:
+            kept = await self.link.run(
+                "keep_lock", lambda redis: redis.eval(_KEEP_LOCK, 1, name, token, ttl_ms)
+            )
+        except Unavailable:
+            return False
+        return bool(kept)
+
+    async def stream_append(self, key: str, token: str, items: list[bytes], ttl_ms: int) -> bool:
+        """Append ``items`` to the leader's stream of ``key``; False when Redis failed."""
+        name = self.stream_name(key, token)
+
+        async def append(redis: Client) -> None:
+            pipe = redis.pipeline(transaction=False)
+            for item in items:
+                pipe.xadd(name, {b"d": item})
+            pipe.pexpire(name, ttl_ms)
+            await pipe.execute()
+
+        try:
+            await self.link.run("stream_append", append)
+        except Unavailable:
+            return False
+        return True
+
+    async def stream_read(
+        self, key: str, token: str, after: bytes, block_ms: int
+    ) -> list[tuple[bytes, bytes]] | None:
+        """Items after ``after`` (an entry id; ``0-0`` for all), waiting up to
+        ``block_ms`` for one; None when Redis failed."""
+        name = self.stream_name(key, token)
+
+        async def read(redis: Client) -> object:
+            return await redis.xread({name: after}, count=512, block=block_ms)
+
+        try:
+            found = await self.link.run("stream_read", read, wait=block_ms / 1000)
+        except Unavailable:
+            return None
+        items: list[tuple[bytes, bytes]] = []
+        for _stream, entries in found or []:  # type: ignore[attr-defined]
+            for entry_id, fields in entries:
+                items.append((_as_bytes(entry_id), _as_bytes(fields[b"d"])))
+        return items
+
     # --- Names ----------------------------------------------------------------
 
     def entry_name(self, key: str) -> str:
@@ -220,8 +288,8 @@ class RedisCache:
     def lock_name(self, key: str) -> str:
         return f"{self.prefix}lock:{hash_tag(key)}"
 
-    def stream_name(self, key: str) -> str:
-        return f"{self.prefix}stream:{hash_tag(key)}"
+    def stream_name(self, key: str, token: str = "") -> str:
+        return f"{self.prefix}stream:{hash_tag(key)}{token}"
 
     # --- Lifecycle ------------------------------------------------------------
 
