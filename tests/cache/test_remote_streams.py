@@ -48,9 +48,11 @@ async def stream(app: AutoProxyMiddleware, body: dict[str, Any]) -> httpx.Respon
 
 
 async def until(condition: Any, within: float = 10.0) -> None:
-    with anyio.fail_after(within):
-        while not condition():
-            await anyio.sleep(0.01)
+    """Poll a condition another thread (the fake upstream's server) makes true."""
+    deadline = anyio.current_time() + within
+    while not condition():
+        assert anyio.current_time() < deadline, "condition not met in time"
+        await anyio.sleep(0.01)
 
 
 async def test_a_follower_in_another_instance_relays_the_leaders_stream(
