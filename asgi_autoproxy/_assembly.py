@@ -31,7 +31,8 @@ from asgi_autoproxy._http.clients import (
 )
 from asgi_autoproxy._pipeline import Pipeline
 from asgi_autoproxy._relay import Relay
-from asgi_autoproxy._routes import Route, route_table
+from asgi_autoproxy._routes import RouteTable, route_table
+from asgi_autoproxy._routing.catalog import CatalogSource
 from asgi_autoproxy._routing.model_router import ModelRouter
 from asgi_autoproxy._routing.pricing import Price
 from asgi_autoproxy._shared.state import SharedState
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class Assembly:
     pipeline: Pipeline
-    routes: dict[str, Route]
+    routes: RouteTable
     """Full path to the row that serves it."""
     clients: SharedClients
     cache: ResponseCache | None
@@ -59,7 +60,7 @@ def assemble(
     *,
     providers: Sequence[Provider],
     path: str,
-    model_catalog: Mapping[str, str] | None,
+    model_catalog: CatalogSource | None,
     sibling_routes: bool,
     limits: Limits,
     timeout: float | httpx.Timeout | None,

@@ -139,6 +139,11 @@ PLAN_HEADERS: tuple[CacheHeader, ...] = (
 parses them, the plan memo's digest and the OpenAPI description are built from here."""
 
 
+FORWARDABLE: frozenset[bytes] = frozenset((b"anthropic-version", b"anthropic-beta"))
+"""Caller headers a route may pass upstream as they are (a Route row names which); the
+answer depends on them, so the cache key does too."""
+
+
 class RequestHeaders:
     """The request headers the proxy reads, gathered in one pass: a cache hit is cheap
     enough that scanning the headers once per question showed up in profiles.
@@ -148,9 +153,18 @@ class RequestHeaders:
 
     ``plan`` holds the values of ``PLAN_HEADERS``, in the table's order; each one is also
     readable by its ``attribute`` (a property over ``plan``, added below from the table).
+    ``forwardable``: the ``FORWARDABLE`` headers sent, as (name, value) pairs, in order.
     """
 
-    __slots__ = ("content_length", "count", "credential", "plan", "request_id", "size")
+    __slots__ = (
+        "content_length",
+        "count",
+        "credential",
+        "forwardable",
+        "plan",
+        "request_id",
+        "size",
+    )
 
     # Typed views of ``plan``, for mypy; the properties themselves come from the table.
     # A header added to the table without its line here fails type checking where used.
@@ -166,6 +180,7 @@ class RequestHeaders:
         content_length: bytes | None = None
         request_id: str | None = None
         plan: list[str | None] | None = None  # made at the first plan header: most send none
+        forwardable: list[tuple[str, str]] | None = None
         for name, value in raw:
             count += 1
             size += len(name) + len(value)
@@ -182,6 +197,10 @@ class RequestHeaders:
             elif name == b"x-request-id":
                 if request_id is None:
                     request_id = value.decode("latin-1")
+            elif name in FORWARDABLE:
+                if forwardable is None:
+                    forwardable = []
+                forwardable.append((name.decode("ascii"), value.decode("latin-1")))
             else:  # one of PLAN_HEADERS
                 if plan is None:
                     plan = _NO_PLAN_LIST.copy()
@@ -189,6 +208,9 @@ class RequestHeaders:
                 if plan[slot] is None:
                     plan[slot] = value.decode("latin-1")
         self.plan = _NO_PLAN if plan is None else tuple(plan)
+        self.forwardable: tuple[tuple[str, str], ...] = (
+            () if forwardable is None else tuple(forwardable)
+        )
         self.content_length = content_length
         self.request_id = request_id
         # For the 431 limits: how many headers, and their names' and values' bytes.
@@ -211,7 +233,14 @@ _NO_PLAN: tuple[str | None, ...] = (None,) * len(PLAN_HEADERS)
 _NO_PLAN_LIST: list[str | None] = list(_NO_PLAN)
 _PLAN_SLOTS = {header.name: index for index, header in enumerate(PLAN_HEADERS)}
 _READ = frozenset(
-    {b"authorization", b"x-api-key", b"content-length", b"x-request-id", *_PLAN_SLOTS}
+    {
+        b"authorization",
+        b"x-api-key",
+        b"content-length",
+        b"x-request-id",
+        *_PLAN_SLOTS,
+        *FORWARDABLE,
+    }
 )
 
 

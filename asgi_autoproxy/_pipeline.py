@@ -26,7 +26,7 @@ from asgi_autoproxy._gate.limits import RequestLimits
 from asgi_autoproxy._headers import RequestHeaders
 from asgi_autoproxy._http.clients import SharedClients
 from asgi_autoproxy._relay import Relay
-from asgi_autoproxy._routes import Route
+from asgi_autoproxy._routes import Route, depends_on_server_state, passed_headers, upstream_body
 from asgi_autoproxy._routing.model_router import ModelRouter
 from asgi_autoproxy._upstream.dispatch import Dispatcher
 from asgi_autoproxy.errors import ProxyError, internal_error, unauthorized
@@ -132,6 +132,7 @@ class Pipeline:
             if callers is not None:
                 callers.check_model(model)
             endpoint: Endpoint = route.endpoint(self.router, model, payload)
+            sent, body = upstream_body(route, payload, body)
             candidates = self.router.candidates(model, endpoint)
             credential = caller.credential
             if credential is None:
@@ -141,7 +142,7 @@ class Pipeline:
             upstream = UpstreamRequest(
                 endpoint=endpoint,
                 model=model,
-                payload=payload,
+                payload=sent,
                 body=body,
                 stream=payload.get("stream") is True,
                 credential=credential,
@@ -149,14 +150,18 @@ class Pipeline:
                 endpoint_name=headers.endpoint_name,
                 max_response_size=self._max_response_size,
                 max_event_size=self._max_event_size,
+                headers=passed_headers(route, headers),
             )
             plan = None
-            if cache is not None:
+            if cache is not None and not depends_on_server_state(route, payload):
                 plan = cache.plan(
                     headers,
+                    rule=route.cache_rule,
                     endpoint=endpoint,
                     model=model,
+                    # The caller's: a seed the upstream never sees still tells two apart.
                     payload=payload,
+                    passed=upstream.headers,
                     providers=[p.name for p in candidates],
                     pinned=headers.endpoint_name,
                     caller_scope=caller.cache_scope,
@@ -166,6 +171,8 @@ class Pipeline:
                     cache.plan_memo.put(digest, plan)
             # The remembered plan's entry was just looked up, and missed: no second look.
             looked_up = remembered is not None and plan is not None and remembered.key == plan.key
+            # After the plan: entries are keyed on what the caller sent (_routing/params.py).
+            upstream = self.router.rewrite(upstream)
             await self._answer(call, candidates, upstream, plan, request.receive, looked_up)
             if callers is not None and callers.charges and call.trace.cache in (None, "MISS"):
                 # Charged after the answer, from the usage it reported; hits cost nothing.
@@ -189,6 +196,7 @@ class Pipeline:
     ) -> None:
         """Serve from the cache, join an identical request in flight, or call upstream."""
         call.trace.model, call.trace.endpoint = request.model, request.endpoint
+        call.trace.price = self.router.catalog.price(request.model)
         tee: Tee | None = None
         if plan is not None:
             cache = self.cache

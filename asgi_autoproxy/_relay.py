@@ -25,7 +25,7 @@ from asgi_autoproxy._call import Call, send_error
 from asgi_autoproxy._cancel import TaskCancelScope, along
 from asgi_autoproxy._headers import answer_headers
 from asgi_autoproxy._idle_timeout import idle_limit
-from asgi_autoproxy._sse import EventSplitter, error_event
+from asgi_autoproxy._sse import EventSplitter
 from asgi_autoproxy._upstream.answer_checks import StreamAudit, is_answer, json_answer
 from asgi_autoproxy._upstream.redact import scrub, scrub_headers
 from asgi_autoproxy.errors import (
@@ -37,7 +37,6 @@ from asgi_autoproxy.errors import (
     upstream_too_large,
     upstream_unreachable,
 )
-from asgi_autoproxy.observability import TokenUsage
 from asgi_autoproxy.providers.base import Provider, UpstreamResponse
 
 logger = logging.getLogger("asgi_autoproxy")
@@ -98,9 +97,11 @@ class Relay:
         answer: dict[str, Any] | None = None
         if 200 <= status < 300:
             answer = json_answer(provider.name, body)
-            call.trace.usage = TokenUsage.parse(answer.get("usage"))
+            call.trace.usage = call.dialect.usage(answer)
         if status >= 400 and not _is_openai_error(body):
-            body = self._unshaped_error(provider, response, call.request_id)
+            body = call.dialect.error_body(
+                self._unshaped_error(provider, response, call.request_id)
+            )
             headers = [(k, v) for k, v in headers if k != "content-type"]
             headers.append(("content-type", "application/json"))
         encoded = self.answer_headers(headers)
@@ -116,8 +117,8 @@ class Relay:
 
     def _unshaped_error(
         self, provider: Provider, response: UpstreamResponse, request_id: str
-    ) -> bytes:
-        """An OpenAI-shaped body for an error answer without one (a wrong base URL's 404
+    ) -> ProxyError:
+        """The error to answer for an error answer without an error body (a wrong base URL's 404
         page, a gateway's 502), naming what was called: the status alone does not say
         that the URL is wrong. Logged too, as the request log line only has the status."""
         status = response.status
@@ -140,7 +141,7 @@ class Relay:
             f"OpenAI-style error body.{hint}",
             type="upstream_error",
             code=f"upstream_{status}",
-        ).to_body()
+        )
 
     # -- streams ------------------------------------------------------------------------
 
@@ -175,7 +176,7 @@ class Relay:
         """Relay the upstream's events to ``call``, or into a ``shared`` flight. Returns
         the error event that ends a broken stream, else b""."""
         splitter = EventSplitter(self._max_event_size)
-        audit = StreamAudit()  # how the stream ends, malformed events, token usage
+        audit = StreamAudit(call.dialect)  # how the stream ends, malformed events, usage
         broken: str | None = None
         too_large: ResponseTooLarge | None = None
         async with idle_limit(self._stream_idle_timeout) as idle:
@@ -217,7 +218,7 @@ class Relay:
             broken = f"it sent an event larger than {too_large.limit} bytes"
         call.trace.usage = audit.usage
         if broken is None and not audit.finished:
-            broken = "it closed before sending [DONE]"
+            broken = f"it closed before sending {call.dialect.ending}"
         if broken is None:
             if tee is not None:
                 await tee.finish(storable=not audit.failed)
@@ -234,7 +235,7 @@ class Relay:
             else upstream_too_large(provider.name, too_large)
         )
         call.trace.error = error.code
-        tail = error_event(error.to_dict())
+        tail = call.dialect.error_event(error)
         if tee is not None:
             tee.break_stream(tail)
         return tail
@@ -285,15 +286,15 @@ class Relay:
             # The event waits for the client to read; past the grace it is cut (the
             # server closes a connection whose response did not end).
             with anyio.move_on_after(_DROPPED_GRACE):
-                await call.end_stream(error_event(error.to_dict()))
+                await call.end_stream(call.dialect.error_event(error))
             # Nothing more goes out, a shutdown's last words included: the leader's task
             # may read on for the followers long after its own client was dropped.
             call.connected = False
             return
         tail = flight.broken_tail
         if flight.state in ("failed", "abandoned") and not tail:
-            tail = error_event(
-                upstream_stream_broken("coalesced", "the request it joined was abandoned").to_dict()
+            tail = call.dialect.error_event(
+                upstream_stream_broken("coalesced", "the request it joined was abandoned")
             )
         await call.end_stream(tail)
 

@@ -32,6 +32,7 @@ from asgi_autoproxy._headers import RequestHeaders, request_id
 from asgi_autoproxy._http.clients import TransportChoice
 from asgi_autoproxy._pipeline import ProxyRequest
 from asgi_autoproxy._routes import Route
+from asgi_autoproxy._routing.catalog import CatalogSource
 from asgi_autoproxy._shutdown import LAST_WORDS_WAIT, InFlightRequests, close_backend, cut_short
 from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
@@ -67,7 +68,7 @@ class AutoProxyMiddleware:
         *,
         providers: Sequence[Provider],
         path: str = "/v1/proxy/auto",
-        model_catalog: Mapping[str, str] | None = None,
+        model_catalog: CatalogSource | None = None,
         sibling_routes: bool = True,
         limits: Limits | None = None,
         timeout: float | httpx.Timeout | None = None,
@@ -276,7 +277,11 @@ class AutoProxyMiddleware:
     async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """One request, tracked for graceful shutdown and reported once it ends."""
         headers = RequestHeaders(scope["headers"])
-        call = Call(request_id=request_id(headers.request_id, headers.credential), send=send)
+        call = Call(
+            request_id=request_id(headers.request_id, headers.credential),
+            send=send,
+            dialect=route.dialect,
+        )
         if self._closed:  # no new client, no upstream call: say so, in OpenAI's shape
             await send_error(call, server_shutting_down())
             return

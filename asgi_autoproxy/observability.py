@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from asgi_autoproxy._routing.pricing import Price
+
 CacheStatus = Literal["HIT", "MISS", "COALESCED"]
 
 request_logger = logging.getLogger("asgi_autoproxy.requests")
@@ -27,16 +29,20 @@ class TokenUsage:
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
+    cached_prompt_tokens: int | None = None
+    """Prompt tokens read from the provider's prompt cache (``prompt_tokens_details``)."""
 
     @classmethod
     def parse(cls, usage: object) -> TokenUsage | None:
         """From an OpenAI ``usage`` object; None when there is none."""
         if not isinstance(usage, dict):
             return None
+        details = usage.get("prompt_tokens_details")
         found = cls(
             _count(usage.get("prompt_tokens")),
             _count(usage.get("completion_tokens")),
             _count(usage.get("total_tokens")),
+            _count(details.get("cached_tokens")) if isinstance(details, dict) else None,
         )
         if found == _NO_USAGE:
             return None
@@ -57,10 +63,11 @@ class RequestRecord:
     request_id: str
     method: str
     route: str
-    """Which of the proxy's routes: auto, chat, completion, models or credentials."""
+    """Which of the proxy's routes: auto, chat, completion, models, credentials,
+    embeddings, moderations, responses or anthropic."""
     endpoint: str | None
-    """The upstream endpoint (chat, completion or chat_via_responses) once the request
-    was understood."""
+    """The upstream endpoint (chat, completion, chat_via_responses, embeddings,
+    moderations, responses or messages) once the request was understood."""
     model: str | None
     provider: str | None
     """The provider that answered; None when none did (cache hit, refused, unreachable)."""
@@ -80,6 +87,9 @@ class RequestRecord:
     client_disconnected: bool
     """The caller left before the whole answer was sent."""
     caller_id: str | None
+    cost: float | None = None
+    """US dollars billed upstream for this request, from ``usage`` and the catalog's
+    price for the model; None when either is unknown (hits and followers included)."""
     credential_id: str | None = None
     """The ``jti`` of the temporary credential used, if one was (never the token itself)."""
 
@@ -87,7 +97,7 @@ class RequestRecord:
         """Flat fields for ``logging``'s ``extra=`` (names chosen not to clash with it)."""
         fields = asdict(self)
         usage = fields.pop("usage")
-        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        for name in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_prompt_tokens"):
             fields[name] = None if usage is None else usage[name]
         fields["cache_status"] = fields.pop("cache")
         return fields
@@ -103,6 +113,7 @@ class RequestTrace:
         "error",
         "first_byte_at",
         "model",
+        "price",
         "provider",
         "started_at",
         "status",
@@ -115,6 +126,8 @@ class RequestTrace:
         self.first_byte_at: float | None = None
         self.endpoint: str | None = None
         self.model: str | None = None
+        self.price: Price | None = None
+        """The model's price, where the catalog knows it: gives the record its cost."""
         self.provider: str | None = None
         self.status: int | None = None
         self.streaming = False
@@ -152,6 +165,17 @@ class RequestTrace:
             client_disconnected=not self.completed,
             caller_id=caller_id,
             credential_id=credential_id,
+            cost=self._cost(),
+        )
+
+    def _cost(self) -> float | None:
+        usage, price = self.usage, self.price
+        if usage is None or price is None:
+            return None
+        return price.cost(
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            cached_input_tokens=usage.cached_prompt_tokens,
         )
 
 

@@ -7,14 +7,18 @@ unchanged like any provider-specific field:
     {"fake": {"chunks": 5, "delay": 0.01, "status": 500, "gate": true, "no_done": true,
               "gate_before_first": true,
               "error_event_after": 2, "body": "raw text", "headers": {"x": "y"},
-              "sleep": 1.0, "echo_auth": true}}
+              "sleep": 1.0, "echo_auth": true, "usage": {"prompt_tokens": 1000, ...}}}
 
+``usage`` replaces the answer's usage (and rides on a stream's last chunk).
 ``echo_auth`` puts the received Authorization header into the error message, as
 careless upstreams do. Odd bodies (wrong types anywhere) get a plain answer, never a
 crash, so fuzz tests can blame the proxy alone.
 
 ``overrides`` on the instance are merged over ``fake`` for every request, so one of
 several upstreams can fail while the others answer the same body normally.
+
+``/embeddings``, ``/moderations`` and ``/responses`` answer in their own shapes
+(tests/fake_openai_routes.py), after the same ``status``, ``body`` and ``sleep`` steering.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests import fake_openai_routes as routes
 from tests.servers import read_request
 
 
@@ -139,12 +144,39 @@ class FakeUpstream:
             error = {"error": {"message": message, "type": "fake", "code": None}}
             await _send_json(send, status, error, headers)
             return
+        if path.endswith(("/embeddings", "/moderations", "/responses")):
+            await self._other_route(send, path, payload, fake, number, headers)
+            return
         chat = path.endswith("/chat/completions")
         if payload.get("stream"):
             auth = recorded.headers.get("authorization", "")
             await self._stream(payload, fake, chat, number, headers, receive, send, auth)
             return
-        await _send_json(send, 200, _completion(payload, chat, number), headers)
+        answer = _completion(payload, chat, number)
+        if isinstance(fake.get("usage"), dict):
+            answer["usage"] = fake["usage"]
+        await _send_json(send, 200, answer, headers)
+
+    async def _other_route(
+        self,
+        send: Any,
+        path: str,
+        payload: dict[str, Any],
+        fake: dict[str, Any],
+        number: int,
+        headers: list[tuple[str, str]],
+    ) -> None:
+        """Embeddings, moderations and responses (tests/fake_openai_routes.py)."""
+        if path.endswith("/embeddings"):
+            await _send_json(send, 200, routes.embeddings(payload, number), headers)
+        elif path.endswith("/moderations"):
+            await _send_json(send, 200, routes.moderations(payload, number), headers)
+        elif payload.get("stream") is True:
+            await routes.send_response_stream(send, payload, number, fake, _encode(headers))
+            with self._lock:
+                self.completed_streams += 1
+        else:
+            await _send_json(send, 200, routes.response(payload, number), headers)
 
     async def _stream(
         self,
@@ -193,6 +225,8 @@ class FakeUpstream:
                     await _send_event(send, error)
                     break
                 chunk = _chunk(payload, chat, number, index, chunks)
+                if index == chunks - 1 and isinstance(fake.get("usage"), dict):
+                    chunk["usage"] = fake["usage"]
                 with self._lock:  # counted first: the proxy may relay it before send returns
                     self.chunks_sent += 1
                 await _send_event(send, chunk)

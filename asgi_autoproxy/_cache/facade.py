@@ -23,7 +23,7 @@ from asgi_autoproxy._cache.backends.base import StreamBackend
 from asgi_autoproxy._cache.coalescing import Flight
 from asgi_autoproxy._cache.entry import CachedResponse
 from asgi_autoproxy._cache.keys import SHARED_CALLER, EntryKey, entry_key
-from asgi_autoproxy._cache.policy import CacheDecision, decide
+from asgi_autoproxy._cache.policy import CacheDecision, CacheRule, decide
 from asgi_autoproxy._cache.remembered_plans import PlanMemo, RequestDigest, request_digest
 from asgi_autoproxy._cache.store import CacheStats, ResponseCache
 from asgi_autoproxy._headers import RequestHeaders, replayed_on_hits
@@ -172,23 +172,28 @@ class CachedAnswers:
         self,
         headers: RequestHeaders,
         *,
+        rule: CacheRule = "deterministic",
         endpoint: Endpoint,
         model: str,
         payload: Mapping[str, Any],
         providers: Sequence[str],
         pinned: str | None,
         caller_scope: str,
+        passed: tuple[tuple[str, str], ...] = (),
         credential: str | None = None,
     ) -> CachePlan | None:
         """The plan for a request, or None when it neither reads nor writes the cache.
-        ``credential``: the caller's token, which the entry's key and secret are bound to
-        (HKDF, ``_cache/crypto.py``) unless entries are shared across callers."""
+        ``rule``: the route's (``_cache/policy.py``); ``passed``: the request headers
+        sent upstream, which the key covers; ``credential``: the caller's token, which
+        the entry's key and secret are bound to (HKDF, ``_cache/crypto.py``) unless
+        entries are shared across callers."""
         decision = decide(
             payload,
             use_cache=headers.use_cache,
             cache_ttl=headers.cache_ttl,
             cache_control=headers.cache_control,
             default_ttl=self._default_ttl,
+            rule=rule,
         )
         if not (decision.read or decision.write):
             return None
@@ -198,6 +203,7 @@ class CachedAnswers:
             providers=pinned or ",".join(providers),
             caller=self.scope_of(caller_scope),  # hashed only here, when needed
             payload=payload,
+            headers=passed,
             credential=None if self._share else credential,
             server_secret=self.store.server_secret,
         )

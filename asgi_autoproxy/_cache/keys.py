@@ -1,11 +1,12 @@
 """Cache keys: versioned hashes of everything that makes two requests the same.
 
-The key covers the endpoint, the providers that may answer, the caller and the
-canonical JSON body, so key order, whitespace and how a number is written (`0` or
-`0.0`) do not matter but callers never share entries (unless told to). HKDF then binds
-that digest to the caller's credential (and the server's secret, where set): the
-entry's name and the secret that encrypts it both derive from the three together
-(``_cache/crypto.py``), so a dump of the store plus caller ids and prompts opens nothing.
+The key covers the endpoint, the providers that may answer, the caller, the request
+headers passed upstream (``anthropic-beta``...) and the canonical JSON body, so key
+order, whitespace and how a number is written (`0` or `0.0`) do not matter but callers
+never share entries (unless told to). HKDF then binds that digest to the caller's
+credential (and the server's secret, where set): the entry's name and the secret that
+encrypts it both derive from the three together (``_cache/crypto.py``), so a dump of the
+store plus caller ids and prompts opens nothing.
 
 The digest is SHA-256 with or without the ``fast`` extra: instances with and without
 blake3 installed share one cache.
@@ -48,10 +49,12 @@ def entry_key(
     providers: str,
     caller: str,
     payload: Mapping[str, Any],
+    headers: tuple[tuple[str, str], ...] = (),
     credential: str | None = None,
     server_secret: bytes = b"",
 ) -> EntryKey:
     """``caller``: the cache scope (``SHARED_CALLER`` where entries are shared);
+    ``headers``: request headers passed upstream, which may change the answer;
     ``credential``: the caller's token, None where entries are shared or none was sent."""
     body = payload
     if "stream" in body and not body["stream"]:
@@ -60,7 +63,10 @@ def entry_key(
     # One pass over the (possibly megabytes of) body; key and secret both derive from the
     # digest. The fields go first as a JSON array, so no two field lists hash alike. One
     # hash call over the joined bytes: each update() costs more than copying a small body.
-    fields = _json.dumps([_VERSION, _HASH_NAME, endpoint, providers, caller])
+    named: list[object] = [_VERSION, _HASH_NAME, endpoint, providers, caller]
+    if headers:  # only where a route passes some: every other key stays as it was
+        named.append([list(pair) for pair in headers])
+    fields = _json.dumps(named)
     digest = hashlib.sha256(b"\n".join((fields, _canonical_numbers(body)))).digest()
     prk = entry_prk(digest, credential, server_secret=server_secret)
     return EntryKey(derive_key(prk), prk)

@@ -1,7 +1,8 @@
 """What the proxy checks in an upstream's answer before relaying or caching it.
 
 A 2xx JSON answer must be a JSON object, and each SSE event must carry JSON (or
-``[DONE]``): anything else is an upstream fault, answered as one and never cached.
+``[DONE]``): anything else is an upstream fault, answered as one and never cached. How a
+stream ends, fails and reports usage depends on its API: the route's ``Dialect``.
 A 2xx object that is not an answer for its endpoint (upstreams do send 200 with an
 error object) is relayed as it is, but never cached. Token usage is read on the way,
 for the observability record.
@@ -14,16 +15,22 @@ from typing import Any
 
 from asgi_autoproxy import _json
 from asgi_autoproxy._sse import event_data, event_name
+from asgi_autoproxy._upstream.dialects import OPENAI, Dialect
 from asgi_autoproxy.errors import upstream_invalid_response
 from asgi_autoproxy.observability import TokenUsage
 
+DONE = b"[DONE]"
+
 # What a 2xx answer must hold to be cached, by endpoint: a field and its type. A new
-# route adds its row (embeddings, say: ("data", list)); an endpoint without one is never
-# cached.
+# endpoint adds its row; an endpoint without one is never cached.
 ANSWER_FIELDS: Mapping[str, tuple[str, type]] = {
     "chat": ("choices", list),
     "completion": ("choices", list),
     "chat_via_responses": ("choices", list),  # translated to chat by the provider
+    "embeddings": ("data", list),
+    "moderations": ("results", list),
+    "responses": ("output", list),
+    "messages": ("content", list),
 }
 
 
@@ -48,16 +55,17 @@ def is_answer(endpoint: str, answer: Mapping[str, Any]) -> bool:
 
 
 class StreamAudit:
-    """Follows one upstream SSE stream, event by event.
+    """Follows one upstream SSE stream, event by event, in its API's ``dialect``.
 
     ``accept`` returns the events fit to relay and stops at the first malformed one;
-    afterwards ``finished`` (``[DONE]`` or an error event arrived), ``failed`` (an
+    afterwards ``finished`` (the stream's end or an error event arrived), ``failed`` (an
     error event arrived), ``malformed`` and ``usage`` tell how the stream went.
     """
 
-    __slots__ = ("failed", "finished", "malformed", "usage")
+    __slots__ = ("dialect", "failed", "finished", "malformed", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, dialect: Dialect = OPENAI) -> None:
+        self.dialect = dialect
         self.finished = False
         self.failed = False
         self.malformed = False
@@ -83,11 +91,16 @@ class StreamAudit:
         data = event_data(event)
         if not data:
             return True  # a comment or keep-alive: no data to check
-        if event_name(event) == b"error":
+        dialect = self.dialect
+        name = event_name(event)
+        if name in dialect.failure_events:
             self.finished = self.failed = True
             return True
-        if data.strip() == b"[DONE]":
+        stripped = data.strip()
+        if dialect.end_data is not None and stripped == dialect.end_data:
             self.finished = True
+            return True
+        if stripped == DONE:  # some servers end other APIs' streams with chat's marker too
             return True
         try:
             payload: Any = _json.loads(data)
@@ -96,12 +109,30 @@ class StreamAudit:
         if not isinstance(payload, dict):
             return False
         self._note(payload)
+        if name in dialect.end_events:
+            self.finished = True
         return True
 
     def _note(self, payload: dict[str, Any]) -> None:
         if payload.get("error") is not None:
             self.finished = self.failed = True
-        elif "usage" in payload:
-            usage = TokenUsage.parse(payload["usage"])
-            if usage is not None:
-                self.usage = usage
+            return
+        usage = self.dialect.stream_usage(payload)
+        if usage is not None:
+            self.usage = _merged(self.usage, usage)
+
+
+def _merged(before: TokenUsage | None, now: TokenUsage) -> TokenUsage:
+    """``now``'s counts, with those it leaves out kept from ``before``."""
+    if before is None:
+        return now
+    prompt = before.prompt_tokens if now.prompt_tokens is None else now.prompt_tokens
+    completion = (
+        before.completion_tokens if now.completion_tokens is None else now.completion_tokens
+    )
+    total = now.total_tokens
+    if prompt is not None and completion is not None and now.prompt_tokens is None:
+        total = prompt + completion  # the parts came apart: their sum, not a stale total
+    elif total is None:
+        total = before.total_tokens
+    return TokenUsage(prompt, completion, total)
