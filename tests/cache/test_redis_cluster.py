@@ -1,5 +1,6 @@
 """RedisCache on a real 3-master Redis Cluster, and the other ways to reach Redis: a
-``RedisCluster`` client, ``valkey://``, ``rediss://`` and Sentinel URLs."""
+``RedisCluster`` client, ``valkey://``, Sentinel (a real one), and TLS (``rediss://`` and
+``valkeys://`` against a real TLS-only redis-server)."""
 
 from __future__ import annotations
 
@@ -221,3 +222,102 @@ async def test_a_sentinel_url_finds_the_master(sentinel: tuple[RedisServer, int]
         assert cache.errors == 0
     with redis.Redis.from_url(master.url) as raw:
         assert raw.get("asgi_autoproxy:{k}") == b"through sentinel"
+
+
+def _tls_files(directory: str) -> tuple[str, str, str]:
+    """A CA, and a certificate it signed for 127.0.0.1, with its key: PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None = None,
+        signer: ec.EllipticCurvePrivateKey | None = None, ca: bool = False,
+    ) -> x509.Certificate:  # fmt: skip
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return builder.sign(signer or key, hashes.SHA256())
+
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = certificate("test CA", ca_key, ca=True)
+    server = certificate("127.0.0.1", server_key, issuer=ca.subject, signer=ca_key)
+    paths = [os.path.join(directory, name) for name in ("ca.pem", "server.pem", "server.key")]
+    for path, data in zip(
+        paths,
+        (
+            ca.public_bytes(serialization.Encoding.PEM),
+            server.public_bytes(serialization.Encoding.PEM),
+            server_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        ),
+        strict=True,
+    ):
+        with open(path, "wb") as file:
+            file.write(data)
+    return paths[0], paths[1], paths[2]
+
+
+@pytest.fixture(scope="module")
+def tls_redis() -> Iterator[tuple[int, str]]:
+    """A redis-server that speaks only TLS, on a certificate from a test CA."""
+    workdir = tempfile.mkdtemp(prefix="asgi_autoproxy-tls-")
+    ca, cert, key = _tls_files(workdir)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            find_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+            "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca,
+            "--tls-auth-clients", "no", "--save", "", "--dir", workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                break
+            assert time.monotonic() < deadline, "the TLS redis-server did not start"
+            time.sleep(0.05)
+        yield port, ca
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("scheme", ["rediss", "valkeys"])
+async def test_a_tls_url_reaches_a_tls_only_redis(scheme: str, tls_redis: tuple[int, str]) -> None:
+    port, ca = tls_redis
+    async with RedisCache(f"{scheme}://127.0.0.1:{port}/0?ssl_ca_certs={ca}", timeout=2) as cache:
+        await cache.set(scheme, b"over TLS", ttl=60)
+        assert await cache.get(scheme) == b"over TLS"
+        assert cache.errors == 0
+    # The port speaks only TLS: a plain connection gets nowhere.
+    async with RedisCache(f"redis://127.0.0.1:{port}/0", timeout=0.5) as plain:
+        assert await plain.get(scheme) is None and plain.errors == 1
