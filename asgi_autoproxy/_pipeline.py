@@ -47,6 +47,7 @@ from asgi_autoproxy._sse import EventSplitter, error_event
 from asgi_autoproxy._upstream.answer_checks import StreamAudit, is_answer, json_answer
 from asgi_autoproxy._upstream.dispatch import Dispatcher
 from asgi_autoproxy._upstream.redact import scrub, scrub_headers
+from asgi_autoproxy._upstream.stream_usage import body_asking_for_usage
 from asgi_autoproxy.errors import (
     ProxyError,
     ResponseTooLarge,
@@ -58,7 +59,6 @@ from asgi_autoproxy.errors import (
     upstream_too_large,
     upstream_unreachable,
 )
-from asgi_autoproxy.observability import TokenUsage
 from asgi_autoproxy.providers.base import Endpoint, Provider, UpstreamRequest, UpstreamResponse
 
 logger = logging.getLogger("asgi_autoproxy")
@@ -101,6 +101,7 @@ class Pipeline:
         max_response_size: int,
         max_event_size: int,
         stream_idle_timeout: float | None,
+        stream_usage: bool = True,
     ) -> None:
         self.router = router
         self._auth = auth
@@ -121,6 +122,7 @@ class Pipeline:
         self._max_response_size = max_response_size
         self._max_event_size = max_event_size
         self._stream_idle_timeout = stream_idle_timeout
+        self._stream_usage = stream_usage
 
     async def serve(
         self,
@@ -169,17 +171,21 @@ class Pipeline:
                 forwards = self.router.forwarding_key(candidates)
                 if forwards is not None:
                     raise _missing_key(forwards)
+            # Usage on streams too (_upstream/stream_usage.py); the payload stays as sent.
+            sent = body_asking_for_usage(payload, body) if self._stream_usage else None
             request = UpstreamRequest(
                 endpoint=endpoint,
                 model=model,
                 payload=payload,
-                body=body,
+                body=body if sent is None else sent,
                 stream=payload.get("stream") is True,
                 credential=credential,
                 request_id=call.request_id,
                 endpoint_name=headers.endpoint_name,
                 max_response_size=self._max_response_size,
                 max_event_size=self._max_event_size,
+                trace_context=headers.trace_context,
+                usage_requested=sent is not None,
             )
             plan = (
                 self._cache_plan(headers, request, candidates, caller) if route.cacheable else None
@@ -354,11 +360,15 @@ class Pipeline:
         plan: _CachePlan | None,
         flight: Flight | None,
     ) -> None:
-        provider, response = await self._dispatcher.send(candidates, request, self._clients.get())
+        provider, response = await self._dispatcher.send(
+            candidates, request, self._clients.get(), call.trace
+        )
         response.headers.append(("x-bt-used-endpoint", provider.name))
         try:
             if request.stream and response.status == 200 and response.is_event_stream:
-                await self._relay_stream(call, provider, response, plan, flight)
+                await self._relay_stream(
+                    call, provider, response, plan, flight, strip_usage=request.usage_requested
+                )
             else:
                 await self._relay_whole(call, provider, response, plan, flight)
         finally:
@@ -389,7 +399,7 @@ class Pipeline:
         answer: dict[str, Any] | None = None
         if 200 <= status < 300:
             answer = json_answer(provider.name, body)
-            call.trace.usage = TokenUsage.parse(answer.get("usage"))
+            call.trace.answered(answer)
         if status >= 400 and not _is_openai_error(body):
             body = self._unshaped_error(provider, response, call.request_id)
             headers = [(k, v) for k, v in headers if k != "content-type"]
@@ -449,6 +459,8 @@ class Pipeline:
         response: UpstreamResponse,
         plan: _CachePlan | None,
         flight: Flight | None,
+        *,
+        strip_usage: bool = False,
     ) -> None:
         headers = self._answer_headers((k, v) for k, v in response.headers if k != "content-type")
         if flight is not None:
@@ -457,13 +469,17 @@ class Pipeline:
         call.trace.provider, call.trace.cache = provider.name, "MISS" if plan else None
         if flight is None or plan is None or self._flights.get(plan.key.key) is not flight:
             # Nobody can join: the caller's socket paces the upstream, as for any proxy.
-            tail = await self._read_stream(call, provider, response, plan, flight, shared=False)
+            tail = await self._read_stream(
+                call, provider, response, plan, flight, shared=False, strip_usage=strip_usage
+            )
             await call.end_stream(tail)
             return
         # Followers may join: the caller's client takes the stream from the flight at its
         # own pace, like theirs (_send_flight), so that its socket holds back nobody else.
         async with along(lambda: self._send_flight(call, flight, flight.leader)):
-            await self._read_stream(call, provider, response, plan, flight, shared=True)
+            await self._read_stream(
+                call, provider, response, plan, flight, shared=True, strip_usage=strip_usage
+            )
 
     async def _read_stream(
         self,
@@ -474,11 +490,13 @@ class Pipeline:
         flight: Flight | None,
         *,
         shared: bool,
+        strip_usage: bool = False,
     ) -> bytes:
         """Relay the upstream's events to ``call``, or into a ``shared`` flight; store a
         whole stream. Returns the error event that ends a broken stream, else b""."""
         splitter = EventSplitter(self._max_event_size)
-        audit = StreamAudit()  # how the stream ends, malformed events, token usage
+        # How the stream ends, malformed events, token usage (and the chunk we asked for).
+        audit = StreamAudit(strip_usage=strip_usage)
         broken: str | None = None
         too_large: ResponseTooLarge | None = None
         async with idle_limit(self._stream_idle_timeout) as idle:
@@ -518,7 +536,9 @@ class Pipeline:
             broken = f"no data arrived for {idle.seconds:g} s"
         if too_large is not None:
             broken = f"it sent an event larger than {too_large.limit} bytes"
-        call.trace.usage = audit.usage
+        trace = call.trace
+        trace.usage, trace.response_model = audit.usage, audit.model
+        trace.finish_reason = audit.finish_reason
         failed = audit.failed
         if broken is None and not audit.finished:
             broken = "it closed before sending [DONE]"

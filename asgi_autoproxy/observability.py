@@ -1,8 +1,12 @@
 """One record per proxied request, for the user's ``on_request`` hook and for logging.
 
 The record says what was asked (route, model), who answered (provider, status,
-cache), how long it took and what it cost (token usage); never a key or a prompt.
-A hook that raises is logged and ignored: observability must not break a request.
+cache, each upstream attempt), how long it took and what it cost (token usage, dollars
+where the catalog has a price); never a key or a prompt. A hook that raises is logged
+and ignored: observability must not break a request.
+
+``RequestTrace`` is the per-request notebook the pipeline writes in; the record, the
+OpenTelemetry span and the Prometheus figures (``_telemetry/``) are all read from it.
 """
 
 from __future__ import annotations
@@ -12,9 +16,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 CacheStatus = Literal["HIT", "MISS", "COALESCED"]
+AttemptOutcome = Literal[
+    "ok",
+    "error_status",
+    "error_event",
+    "timeout",
+    "connect_error",
+    "too_large",
+    "error",
+    "cancelled",
+]
 
 request_logger = logging.getLogger("asgi_autoproxy.requests")
 _hook_logger = logging.getLogger("asgi_autoproxy")
@@ -27,6 +41,10 @@ class TokenUsage:
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
+    cached_input_tokens: int | None = None
+    """Prompt tokens read from the provider's prompt cache (billed cheaper)."""
+    reasoning_tokens: int | None = None
+    """Completion tokens spent on hidden reasoning (o-series, reasoning models)."""
 
     @classmethod
     def parse(cls, usage: object) -> TokenUsage | None:
@@ -37,6 +55,8 @@ class TokenUsage:
             _count(usage.get("prompt_tokens")),
             _count(usage.get("completion_tokens")),
             _count(usage.get("total_tokens")),
+            _detail(usage, "prompt_tokens_details", "cached_tokens"),
+            _detail(usage, "completion_tokens_details", "reasoning_tokens"),
         )
         if found == _NO_USAGE:
             return None
@@ -47,7 +67,27 @@ def _count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _detail(usage: dict[str, Any], group: str, name: str) -> int | None:
+    details = usage.get(group)
+    return _count(details.get(name)) if isinstance(details, dict) else None
+
+
 _NO_USAGE = TokenUsage(None, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One call to one upstream, in the order they were made (failover, retries)."""
+
+    provider: str
+    status: int | None
+    """The upstream's HTTP status; None when no answer came (timeout, connection)."""
+    duration_s: float
+    """Seconds until the answer's head (a stream's first data event) or the failure."""
+    outcome: AttemptOutcome
+    """ok (the answer used), error_status (429/5xx), error_event (a stream that began with
+    an error), timeout, connect_error, too_large, error (the provider raised), or
+    cancelled (the caller left)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,28 +119,74 @@ class RequestRecord:
     client_disconnected: bool
     """The caller left before the whole answer was sent."""
     caller_id: str | None
+    response_model: str | None = None
+    """The model the upstream says answered (often a dated version of ``model``)."""
+    finish_reason: str | None = None
+    """Why the (first choice of the) answer ended: stop, length, tool_calls..."""
+    attempts: tuple[Attempt, ...] = ()
+    """Each upstream call made for this request; empty for hits and followers."""
+    cost_usd: float | None = None
+    """Dollars for ``usage`` at the catalog's price; 0.0 for a hit or a follower (no
+    upstream call); None when the model has no price or no usage was reported."""
+
+    @property
+    def time_to_first_chunk_s(self) -> float | None:
+        """The same as ``ttfb_s``: for streams, when the first event went out."""
+        return self.ttfb_s
 
     def log_fields(self) -> dict[str, Any]:
         """Flat fields for ``logging``'s ``extra=`` (names chosen not to clash with it)."""
         fields = asdict(self)
         usage = fields.pop("usage")
-        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        for name in _USAGE_FIELDS:
             fields[name] = None if usage is None else usage[name]
         fields["cache_status"] = fields.pop("cache")
+        fields["attempts"] = [
+            {
+                "provider": a.provider,
+                "status": a.status,
+                "duration_s": a.duration_s,
+                "outcome": a.outcome,
+            }
+            for a in self.attempts
+        ]
         return fields
+
+
+_USAGE_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_input_tokens",
+    "reasoning_tokens",
+)
+
+
+class TraceListener(Protocol):
+    """Told of a request's upstream attempts as they happen (``_telemetry/`` makes a
+    child span of each, and puts its trace context on the upstream request)."""
+
+    def attempt_started(self, provider: str, request: Any) -> None: ...
+
+    def attempt_ended(self, attempt: Attempt) -> None: ...
 
 
 class RequestTrace:
     """Mutable per-request notes, turned into a ``RequestRecord`` when the request ends."""
 
     __slots__ = (
+        "_attempt_at",
+        "attempts",
         "cache",
         "completed",
         "endpoint",
         "error",
+        "finish_reason",
         "first_byte_at",
+        "listener",
         "model",
         "provider",
+        "response_model",
         "started_at",
         "status",
         "streaming",
@@ -120,6 +206,40 @@ class RequestTrace:
         self.cache: CacheStatus | None = None
         self.usage: TokenUsage | None = None
         self.error: str | None = None
+        self.response_model: str | None = None
+        self.finish_reason: str | None = None
+        self.attempts: list[Attempt] | None = None
+        self._attempt_at = 0.0
+        self.listener: TraceListener | None = None
+        """Set by ``_telemetry`` when tracing is on; None costs nothing."""
+
+    # -- written by the pipeline and the dispatcher --------------------------------------
+
+    def answered(self, answer: dict[str, Any]) -> None:
+        """Notes a whole 2xx JSON answer: its usage, model and finish reason."""
+        self.usage = TokenUsage.parse(answer.get("usage"))
+        model = answer.get("model")
+        if isinstance(model, str):
+            self.response_model = model
+        choices = answer.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            reason = choices[0].get("finish_reason")
+            if isinstance(reason, str):
+                self.finish_reason = reason
+
+    def attempt_started(self, provider: str, request: Any) -> None:
+        self._attempt_at = time.perf_counter()
+        if self.listener is not None:
+            self.listener.attempt_started(provider, request)
+
+    def attempt_ended(self, provider: str, status: int | None, outcome: AttemptOutcome) -> None:
+        attempt = Attempt(provider, status, time.perf_counter() - self._attempt_at, outcome)
+        if self.attempts is None:
+            self.attempts = [attempt]
+        else:
+            self.attempts.append(attempt)
+        if self.listener is not None:
+            self.listener.attempt_ended(attempt)
 
     def record(
         self,
@@ -128,6 +248,7 @@ class RequestTrace:
         method: str,
         route: str,
         caller_id: str | None,
+        cost_usd: float | None = None,
     ) -> RequestRecord:
         now = time.perf_counter()
         first = self.first_byte_at
@@ -147,6 +268,10 @@ class RequestTrace:
             error=self.error,
             client_disconnected=not self.completed,
             caller_id=caller_id,
+            response_model=self.response_model,
+            finish_reason=self.finish_reason,
+            attempts=() if self.attempts is None else tuple(self.attempts),
+            cost_usd=cost_usd,
         )
 
 

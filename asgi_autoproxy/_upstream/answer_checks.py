@@ -51,18 +51,33 @@ class StreamAudit:
 
     ``accept`` returns the events fit to relay and stops at the first malformed one;
     afterwards ``finished`` (``[DONE]`` or an error event arrived), ``failed`` (an
-    error event arrived), ``malformed`` and ``usage`` tell how the stream went.
+    error event arrived), ``malformed``, ``usage``, ``model`` and ``finish_reason`` tell
+    how the stream went. With ``strip_usage`` the usage-only chunk (``choices: []``) that
+    ``stream_options.include_usage`` adds is read and left out: the proxy asked for it,
+    not the caller.
     """
 
-    __slots__ = ("failed", "finished", "malformed", "usage")
+    __slots__ = (
+        "failed",
+        "finish_reason",
+        "finished",
+        "malformed",
+        "model",
+        "strip_usage",
+        "usage",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, strip_usage: bool = False) -> None:
         self.finished = False
         self.failed = False
         self.malformed = False
         self.usage: TokenUsage | None = None
+        self.model: str | None = None
+        self.finish_reason: str | None = None
+        self.strip_usage = strip_usage
 
     def accept(self, events: list[bytes]) -> list[bytes]:
+        kept: list[bytes] | None = None  # a copy, made only once an event is left out
         for index, event in enumerate(events):
             # Fast path, nearly every event: one ``data: {...}`` line.
             if event.startswith(b"data: {") and event.find(b"\n") == len(event) - 2:
@@ -70,32 +85,57 @@ class StreamAudit:
                     payload = _json.loads(event[6:-2])  # a dict: the data starts with "{"
                 except _json.JSONDecodeError:
                     self.malformed = True
-                    return events[:index]
-                if "usage" in payload or "error" in payload:
-                    self._note(payload)
-            elif not self._check(event):
-                self.malformed = True
-                return events[:index]
-        return events
+                    return events[:index] if kept is None else kept
+                drop = self._look(payload)
+            else:
+                verdict = self._check(event)
+                if verdict is None:
+                    self.malformed = True
+                    return events[:index] if kept is None else kept
+                drop = verdict
+            if drop:
+                if kept is None:
+                    kept = events[:index]
+            elif kept is not None:
+                kept.append(event)
+        return events if kept is None else kept
 
-    def _check(self, event: bytes) -> bool:
+    def _look(self, payload: dict[str, Any]) -> bool:
+        """Notes what a chunk says; True for a usage-only chunk to leave out."""
+        if self.model is None:
+            model = payload.get("model")
+            if isinstance(model, str):
+                self.model = model
+        choices = payload.get("choices")
+        if choices and isinstance(choices, list):
+            first = choices[0]
+            if isinstance(first, dict):
+                reason = first.get("finish_reason")
+                if isinstance(reason, str):
+                    self.finish_reason = reason
+        if "usage" in payload or "error" in payload:
+            self._note(payload)
+            return self.strip_usage and choices == [] and isinstance(payload.get("usage"), dict)
+        return False
+
+    def _check(self, event: bytes) -> bool | None:
+        """None for a malformed event; else whether to leave it out."""
         data = event_data(event)
         if not data:
-            return True  # a comment or keep-alive: no data to check
+            return False  # a comment or keep-alive: no data to check
         if event_name(event) == b"error":
             self.finished = self.failed = True
-            return True
+            return False
         if data.strip() == b"[DONE]":
             self.finished = True
-            return True
+            return False
         try:
             payload: Any = _json.loads(data)
         except _json.JSONDecodeError:
-            return False
+            return None
         if not isinstance(payload, dict):
-            return False
-        self._note(payload)
-        return True
+            return None
+        return self._look(payload)
 
     def _note(self, payload: dict[str, Any]) -> None:
         if payload.get("error") is not None:

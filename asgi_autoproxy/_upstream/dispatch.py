@@ -23,6 +23,8 @@ Rules, in short:
   soon as its headers arrive: the caller gets them while the first event is read.
 - A provider that fails ``Cooldown.after_failures`` times in a row is tried last for
   ``Cooldown.seconds``, so requests stop paying its timeout while healthy ones exist.
+- An ``AttemptObserver`` passed to ``send`` hears of each attempt as it starts and ends
+  (the request record, and a child span when tracing is on); nothing here knows more.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 import anyio
 import httpx
 
 from asgi_autoproxy._sse import EventSplitter, event_data, is_error
 from asgi_autoproxy.errors import ProxyError, ResponseTooLarge, bad_request, upstream_too_large
+from asgi_autoproxy.observability import AttemptOutcome
 from asgi_autoproxy.providers.base import Provider, UpstreamRequest, UpstreamResponse
 
 logger = logging.getLogger("asgi_autoproxy")
@@ -53,6 +56,14 @@ _LOAD_BALANCING: frozenset[str] = frozenset(get_args(LoadBalancing))
 _MAX_FAILED_BODY = 64 * 1024
 # How far to read into a stream looking for its first data event.
 _MAX_PEEK = 256 * 1024
+
+
+class AttemptObserver(Protocol):
+    """Hears of each upstream attempt (``observability.RequestTrace`` is one)."""
+
+    def attempt_started(self, provider: str, request: UpstreamRequest) -> None: ...
+
+    def attempt_ended(self, provider: str, status: int | None, outcome: AttemptOutcome) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +122,7 @@ class _Health:
 class _Failure:
     provider: Provider
     reason: str
+    outcome: AttemptOutcome
     response: UpstreamResponse | None = None
     timed_out: bool = False
     retry_after: float | None = None
@@ -161,6 +173,7 @@ class Dispatcher:
         candidates: Sequence[Provider],
         request: UpstreamRequest,
         client: httpx.AsyncClient,
+        observer: AttemptObserver | None = None,
     ) -> tuple[Provider, UpstreamResponse]:
         if request.endpoint_name is not None:
             candidates = [_pinned(candidates, request)]
@@ -178,7 +191,10 @@ class Dispatcher:
             for provider in self._order(candidates):
                 if (attempt_round or tried) and time.monotonic() - started > policy.deadline:
                     break
-                outcome = await self._attempt(provider, request, client, peek=peek)
+                if observer is None:
+                    outcome = await self._attempt(provider, request, client, peek=peek)
+                else:
+                    outcome = await self._observed(provider, request, client, peek, observer)
                 if isinstance(outcome, UpstreamResponse):
                     self._succeeded(provider)
                     return provider, outcome
@@ -198,6 +214,32 @@ class Dispatcher:
         raise _all_failed(tried, timed_out=last.timed_out)
 
     # -- one attempt --------------------------------------------------------------------
+
+    async def _observed(
+        self,
+        provider: Provider,
+        request: UpstreamRequest,
+        client: httpx.AsyncClient,
+        peek: bool,
+        observer: AttemptObserver,
+    ) -> UpstreamResponse | _Failure:
+        observer.attempt_started(provider.name, request)
+        try:
+            outcome = await self._attempt(provider, request, client, peek=peek)
+        except ProxyError as error:
+            observer.attempt_ended(
+                provider.name, None, "too_large" if error.code == "upstream_response_too_large" else "error"
+            )
+            raise
+        except BaseException:
+            observer.attempt_ended(provider.name, None, "cancelled")
+            raise
+        if isinstance(outcome, UpstreamResponse):
+            observer.attempt_ended(provider.name, outcome.status, "ok")
+        else:
+            status = None if outcome.response is None else outcome.response.status
+            observer.attempt_ended(provider.name, status, outcome.outcome)
+        return outcome
 
     async def _attempt(
         self,
@@ -227,10 +269,10 @@ class Dispatcher:
             raise upstream_too_large(provider.name, exceeded) from None
         except httpx.TimeoutException:
             await _close_quietly(response)
-            return _Failure(provider, "timed out", timed_out=True)
+            return _Failure(provider, "timed out", "timeout", timed_out=True)
         except httpx.TransportError as exc:
             await _close_quietly(response)
-            return _Failure(provider, f"connection failed: {type(exc).__name__}")
+            return _Failure(provider, f"connection failed: {type(exc).__name__}", "connect_error")
         except BaseException:
             await _close_quietly(response)
             raise
@@ -342,6 +384,7 @@ async def _failed_response(provider: Provider, response: UpstreamResponse) -> _F
     return _Failure(
         provider,
         f"HTTP {response.status}",
+        "error_status",
         response=kept,
         retry_after=_retry_after(response.headers),
     )
@@ -363,7 +406,9 @@ async def _peeked(provider: Provider, response: UpstreamResponse) -> UpstreamRes
                 failure = UpstreamResponse.from_bytes(
                     200, b"".join(buffered), response.headers, called=response.called
                 )
-                return _Failure(provider, "error event before any data", response=failure)
+                return _Failure(
+                    provider, "error event before any data", "error_event", response=failure
+                )
             break
         if size > _MAX_PEEK:
             break
