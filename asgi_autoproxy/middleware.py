@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Unpack
+from typing import Any, Unpack
 
 import anyio
 import httpx
@@ -50,6 +50,8 @@ from asgi_autoproxy._routes import Route, route_table
 from asgi_autoproxy._routing.model_router import ModelRouter
 from asgi_autoproxy._shutdown import InFlightRequests, close_backend
 from asgi_autoproxy._sse import error_event
+from asgi_autoproxy._telemetry import Telemetry, TelemetryOptions, build_telemetry
+from asgi_autoproxy._telemetry.cost import request_cost
 from asgi_autoproxy._upstream.dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
 from asgi_autoproxy._upstream.redact import provider_secrets
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
@@ -109,6 +111,13 @@ class AutoProxyMiddleware:
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         on_request: RequestHook | None = None,
         http_transport: TransportChoice = "auto",
+        stream_usage: bool = True,
+        opentelemetry: bool = False,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        capture_content: bool = False,
+        metrics_path: str | None = None,
+        metrics_token: str | None = None,
         **moved: Unpack[MovedKeywords],
     ) -> None:
         if not path.startswith("/") or path.endswith("/"):
@@ -186,16 +195,38 @@ class AutoProxyMiddleware:
             max_response_size=limits.max_response_size,
             max_event_size=limits.max_event_size,
             stream_idle_timeout=limits.stream_idle_timeout,
+            stream_usage=stream_usage,
         )
+        # Traces and metrics (_telemetry/): None unless turned on, and then not imported.
+        self._telemetry = build_telemetry(
+            TelemetryOptions(
+                opentelemetry=opentelemetry,
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+                capture_content=capture_content,
+                metrics_path=metrics_path,
+                metrics_token=metrics_token,
+            ),
+            providers=self.router.providers,
+            cache_entries=self._cache_entries,
+        )
+        prometheus = None if self._telemetry is None else self._telemetry.prometheus
+        self._metrics_path = None if prometheus is None else metrics_path
+        self._metrics = prometheus
+        _startup_line(path, self.router.providers, backend, self._telemetry)
 
     # -- ASGI entry point -------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            route = self._routes.get(route_path(scope))
+            path = route_path(scope)
+            route = self._routes.get(path)
             if route is not None:
                 await self._handle(route, scope, receive, send)
+                return
+            if path == self._metrics_path and self._metrics is not None:
+                await self._metrics.serve(scope, receive, send)
                 return
         elif kind == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
@@ -219,6 +250,11 @@ class AutoProxyMiddleware:
     @property
     def cache(self) -> CacheBackend | None:
         return None if self._cache is None else self._cache.backend
+
+    def _cache_entries(self) -> int | None:
+        """Entries in the cache, where the backend can say cheaply (memory)."""
+        backend = self.cache
+        return backend.stats.entries if isinstance(backend, MemoryCache) else None
 
     async def drain(self) -> int:
         """Give requests in flight ``shutdown_grace`` seconds, then cut the rest: a 503
@@ -276,9 +312,14 @@ class AutoProxyMiddleware:
         if self._closed:  # no new client, no upstream call: say so, in OpenAI's shape
             await send_error(call, server_shutting_down())
             return
+        telemetry = self._telemetry
+        if telemetry is not None:
+            call.trace.listener = telemetry.start(scope["method"], route.name, headers)
         try:
             cut = await self._in_flight.run(self._serve(route, call, scope, headers, receive))
         except anyio.get_cancelled_exc_class():
+            if telemetry is not None:
+                telemetry.abandon(call.trace.listener)
             # Cancelled by someone else: most often the server giving up at shutdown
             # (uvicorn past --timeout-graceful-shutdown), which would answer a bare
             # text/plain 500 or end a stream without a word. Say so first (best effort,
@@ -289,13 +330,16 @@ class AutoProxyMiddleware:
             raise
         if cut:
             await self._cut_short(call)
-        if self._reporter.enabled:
+        if self._reporter.enabled or telemetry is not None:
             record = call.trace.record(
                 request_id=call.request_id,
                 method=scope["method"],
                 route=route.name,
                 caller_id=None if call.caller is None else call.caller.id,
+                cost_usd=request_cost(call.trace, self.router.catalog),
             )
+            if telemetry is not None:
+                telemetry.finish(call.trace.listener, record)
             await self._reporter.report(record)
 
     async def _serve(
@@ -318,6 +362,31 @@ class AutoProxyMiddleware:
             await call.end_stream(error_event(error.to_dict()))
         elif not call.started:
             await send_error(call, error)
+
+
+def _startup_line(
+    path: str,
+    providers: Sequence[Provider],
+    cache: CacheBackend | None,
+    telemetry: Telemetry | None,
+) -> None:
+    """One line naming what this proxy serves, for whoever embeds it."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    names = ", ".join(f"{p.name} ({type(p).__name__})" for p in providers)
+    extras = []
+    if telemetry is not None:
+        if telemetry.otel is not None:
+            extras.append("OpenTelemetry on")
+        if telemetry.prometheus is not None:
+            extras.append("Prometheus metrics on")
+    logger.info(
+        "asgi_autoproxy serving POST %s; providers: %s; cache: %s%s",
+        path,
+        names,
+        "off" if cache is None else type(cache).__name__,
+        "".join(f"; {extra}" for extra in extras),
+    )
 
 
 def _request_id(given: str | None, credential: str | None) -> str:

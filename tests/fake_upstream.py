@@ -7,7 +7,11 @@ unchanged like any provider-specific field:
     {"fake": {"chunks": 5, "delay": 0.01, "status": 500, "gate": true, "no_done": true,
               "gate_before_first": true,
               "error_event_after": 2, "body": "raw text", "headers": {"x": "y"},
-              "sleep": 1.0, "echo_auth": true}}
+              "sleep": 1.0, "echo_auth": true, "response_model": "m-2024", "usage": {...}}}
+
+``response_model`` and ``usage`` replace the answer's ``model`` and ``usage``. A stream
+whose request says ``stream_options.include_usage`` ends, as OpenAI's do, with a chunk
+that has ``choices: []`` and the usage.
 
 ``echo_auth`` puts the received Authorization header into the error message, as
 careless upstreams do. Odd bodies (wrong types anywhere) get a plain answer, never a
@@ -144,7 +148,9 @@ class FakeUpstream:
             auth = recorded.headers.get("authorization", "")
             await self._stream(payload, fake, chat, number, headers, receive, send, auth)
             return
-        await _send_json(send, 200, _completion(payload, chat, number), headers)
+        answer = _completion(payload, chat, number)
+        _dress(answer, fake)
+        await _send_json(send, 200, answer, headers)
 
     async def _stream(
         self,
@@ -193,6 +199,7 @@ class FakeUpstream:
                     await _send_event(send, error)
                     break
                 chunk = _chunk(payload, chat, number, index, chunks)
+                _dress(chunk, fake, usage=False)
                 with self._lock:  # counted first: the proxy may relay it before send returns
                     self.chunks_sent += 1
                 await _send_event(send, chunk)
@@ -204,6 +211,13 @@ class FakeUpstream:
                 if disconnected.is_set():
                     raise ConnectionError
             else:
+                options = payload.get("stream_options")
+                if isinstance(options, dict) and options.get("include_usage"):
+                    tail = _chunk(payload, chat, number, 0, 1)
+                    tail["choices"] = []
+                    tail["usage"] = dict(_USAGE)
+                    _dress(tail, fake)
+                    await _send_event(send, tail)
                 if not fake.get("no_done"):
                     await send(
                         {
@@ -230,9 +244,19 @@ class FakeUpstream:
                     self.disconnects += 1
 
 
+_USAGE = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+
+
+def _dress(answer: dict[str, Any], fake: dict[str, Any], *, usage: bool = True) -> None:
+    if isinstance(fake.get("response_model"), str):
+        answer["model"] = fake["response_model"]
+    if usage and isinstance(fake.get("usage"), dict):
+        answer["usage"] = fake["usage"]
+
+
 def _completion(payload: dict[str, Any], chat: bool, number: int) -> dict[str, Any]:
     model = payload.get("model")
-    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    usage = dict(_USAGE)
     if chat:
         messages = payload.get("messages")
         last_message = messages[-1] if isinstance(messages, list) and messages else {}

@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cache", ("_cache",)),
     ("upstream", ("_upstream",)),
     ("pipeline", ("_call", "_routes", "_pipeline", "_shutdown")),
+    ("telemetry", ("_telemetry",)),
     ("middleware", ("config", "middleware")),
     ("entry points", ("cli", "_server", "_heap", "openapi", "__init__", "__main__")),
 ]

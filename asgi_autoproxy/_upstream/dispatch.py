@@ -227,9 +227,8 @@ class Dispatcher:
         try:
             outcome = await self._attempt(provider, request, client, peek=peek)
         except ProxyError as error:
-            observer.attempt_ended(
-                provider.name, None, "too_large" if error.code == "upstream_response_too_large" else "error"
-            )
+            large = error.code == "upstream_response_too_large"
+            observer.attempt_ended(provider.name, None, "too_large" if large else "error")
             raise
         except BaseException:
             observer.attempt_ended(provider.name, None, "cancelled")
