@@ -27,33 +27,28 @@ from asgi_autoproxy._asgi import (
     read_body,
     route_path,
 )
+from asgi_autoproxy._assembly import assemble
 from asgi_autoproxy._cache.backends.base import CacheBackend
 from asgi_autoproxy._cache.backends.memory import MemoryCache
-from asgi_autoproxy._cache.policy import DEFAULT_TTL, MAX_TTL, MIN_TTL
-from asgi_autoproxy._cache.store import CacheStats, ResponseCache
+from asgi_autoproxy._cache.policy import DEFAULT_TTL
+from asgi_autoproxy._cache.store import CacheStats
 from asgi_autoproxy._call import Call, send_error
-from asgi_autoproxy._deadline import Deadline
-from asgi_autoproxy._gate.auth import Authenticate, CallerAuth
-from asgi_autoproxy._gate.limits import RateLimit, RequestLimits
+from asgi_autoproxy._gate.auth import Authenticate
+from asgi_autoproxy._gate.limits import RateLimit
 from asgi_autoproxy._headers import (
     RequestHeaders,
     looks_like_key,
 )
 from asgi_autoproxy._http.clients import (
-    DEFAULT_TIMEOUT,
-    SharedClients,
     TransportChoice,
-    default_client_factory,
 )
-from asgi_autoproxy._pipeline import Pipeline
-from asgi_autoproxy._routes import Route, route_table
-from asgi_autoproxy._routing.model_router import ModelRouter
+from asgi_autoproxy._pipeline import ProxyRequest
+from asgi_autoproxy._routes import Route
 from asgi_autoproxy._shutdown import InFlightRequests, close_backend
 from asgi_autoproxy._sse import error_event
-from asgi_autoproxy._telemetry import Telemetry, TelemetryOptions, build_telemetry
+from asgi_autoproxy._telemetry import TelemetryOptions, build_telemetry, log_startup
 from asgi_autoproxy._telemetry.cost import request_cost
-from asgi_autoproxy._upstream.dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
-from asgi_autoproxy._upstream.redact import provider_secrets
+from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
 from asgi_autoproxy.errors import (
     server_shutting_down,
@@ -120,83 +115,44 @@ class AutoProxyMiddleware:
         metrics_token: str | None = None,
         **moved: Unpack[MovedKeywords],
     ) -> None:
-        if not path.startswith("/") or path.endswith("/"):
-            raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
         # Checked, with the flat keywords of the last release applied (config.py).
         limits, cache_options = moved_keywords(moved, limits=limits, cache_options=cache_options)
-        self.app = app
-        self.router = ModelRouter(providers, model_catalog)
-        self.max_body_size = limits.max_body_size
-        self._body_deadline = (
-            None if limits.request_read_timeout is None else Deadline(limits.request_read_timeout)
-        )
-        # Auth and limits live in their own modules; both validate here, at start-up.
-        auth = CallerAuth(
-            self.router.providers,
-            authenticate=authenticate,
-            api_keys=api_keys,
-            allow_anonymous=allow_anonymous,
-        )
-        request_limits = RequestLimits(
-            max_header_count=limits.max_header_count,
-            max_header_bytes=limits.max_header_bytes,
-            max_json_depth=limits.max_json_depth,
-            max_concurrent_upstream=limits.max_concurrent_upstream,
-            rate_limit=rate_limit,
-        )
-        # Longest first, so a key that contains another is replaced whole.
-        found = {s for p in self.router.providers for s in provider_secrets(p)}
-        secrets = tuple(sorted(found, key=len, reverse=True))
-        self._routes = route_table(path, siblings=sibling_routes)
-        if timeout is None:
-            client_timeout = DEFAULT_TIMEOUT
-        elif isinstance(timeout, httpx.Timeout):
-            client_timeout = timeout
-        else:
-            client_timeout = httpx.Timeout(timeout)
-        if not MIN_TTL <= cache_ttl <= MAX_TTL:
-            raise ValueError(f"cache_ttl must be between {MIN_TTL} and {MAX_TTL} seconds")
-        backend = MemoryCache() if isinstance(cache, _Default) else cache
-        self._cache = (
-            None
-            if backend is None
-            else ResponseCache(backend, timeout=cache_options.timeout, clock=cache_options.clock)
-        )
-        # Several providers for one model: balancing, failover, retries (_upstream/dispatch.py).
-        dispatcher = Dispatcher(
+        if shutdown_grace < 0:
+            raise ValueError("shutdown_grace must be zero or more seconds")
+        parts = assemble(
+            providers=providers,
+            path=path,
+            model_catalog=model_catalog,
+            sibling_routes=sibling_routes,
+            limits=limits,
+            timeout=timeout,
+            http_client=http_client,
+            cache=MemoryCache() if isinstance(cache, _Default) else cache,
+            cache_ttl=cache_ttl,
+            cache_options=cache_options,
             load_balancing=load_balancing,
             weights=weights,
             retry=retry,
             cooldown=cooldown,
-            provider_names=[p.name for p in self.router.providers],
+            authenticate=authenticate,
+            api_keys=api_keys,
+            allow_anonymous=allow_anonymous,
+            rate_limit=rate_limit,
+            http_transport=http_transport,
+            stream_usage=stream_usage,
         )
-        self._clients = SharedClients(
-            client=http_client, factory=default_client_factory(client_timeout, http_transport)
-        )
-        # Fault tolerance and observability (see _shutdown.py, _idle_timeout.py, observability.py).
-        if shutdown_grace < 0:
-            raise ValueError("shutdown_grace must be zero or more seconds")
+        self.app = app
+        self._pipeline = parts.pipeline
+        self.router = parts.pipeline.router
+        self._routes = parts.routes
+        self._clients = parts.clients
+        self._cache = parts.cache
+        self.max_body_size = parts.max_body_size
+        self._body_deadline = parts.body_deadline
         self._shutdown_grace = shutdown_grace
         self._in_flight = InFlightRequests()
         self._closed = False
         self._reporter = RequestReporter(on_request)
-        self._pipeline = Pipeline(
-            router=self.router,
-            auth=auth,
-            limits=request_limits,
-            secrets=secrets,
-            cache=self._cache,
-            cache_ttl=cache_ttl,
-            share_cache=cache_options.share_across_callers,
-            coalesce_timeout=cache_options.coalesce_timeout,
-            max_follower_lag=cache_options.max_follower_lag,
-            dispatcher=dispatcher,
-            clients=self._clients,
-            max_response_size=limits.max_response_size,
-            max_event_size=limits.max_event_size,
-            stream_idle_timeout=limits.stream_idle_timeout,
-            stream_usage=stream_usage,
-        )
         # Traces and metrics (_telemetry/): None unless turned on, and then not imported.
         self._telemetry = build_telemetry(
             TelemetryOptions(
@@ -210,10 +166,9 @@ class AutoProxyMiddleware:
             providers=self.router.providers,
             cache_entries=self._cache_entries,
         )
-        prometheus = None if self._telemetry is None else self._telemetry.prometheus
-        self._metrics_path = None if prometheus is None else metrics_path
-        self._metrics = prometheus
-        _startup_line(path, self.router.providers, backend, self._telemetry)
+        self._metrics = None if self._telemetry is None else self._telemetry.prometheus
+        self._metrics_path = None if self._metrics is None else metrics_path
+        log_startup(path, self.router.providers, self.cache, self._telemetry)
 
     # -- ASGI entry point -------------------------------------------------------------
 
@@ -313,7 +268,7 @@ class AutoProxyMiddleware:
             await send_error(call, server_shutting_down())
             return
         telemetry = self._telemetry
-        if telemetry is not None:
+        if telemetry is not None:  # opens the request's span
             call.trace.listener = telemetry.start(scope["method"], route.name, headers)
         try:
             cut = await self._in_flight.run(self._serve(route, call, scope, headers, receive))
@@ -351,7 +306,7 @@ class AutoProxyMiddleware:
                 receive, self.max_body_size, headers.content_length, self._body_deadline
             )
 
-        await self._pipeline.serve(route, call, scope, headers, receive, body)
+        await self._pipeline.serve(ProxyRequest(route, scope, headers, receive, body), call)
 
     async def _cut_short(self, call: Call) -> None:
         if call.trace.completed:
@@ -362,31 +317,6 @@ class AutoProxyMiddleware:
             await call.end_stream(error_event(error.to_dict()))
         elif not call.started:
             await send_error(call, error)
-
-
-def _startup_line(
-    path: str,
-    providers: Sequence[Provider],
-    cache: CacheBackend | None,
-    telemetry: Telemetry | None,
-) -> None:
-    """One line naming what this proxy serves, for whoever embeds it."""
-    if not logger.isEnabledFor(logging.INFO):
-        return
-    names = ", ".join(f"{p.name} ({type(p).__name__})" for p in providers)
-    extras = []
-    if telemetry is not None:
-        if telemetry.otel is not None:
-            extras.append("OpenTelemetry on")
-        if telemetry.prometheus is not None:
-            extras.append("Prometheus metrics on")
-    logger.info(
-        "asgi_autoproxy serving POST %s; providers: %s; cache: %s%s",
-        path,
-        names,
-        "off" if cache is None else type(cache).__name__,
-        "".join(f"; {extra}" for extra in extras),
-    )
 
 
 def _request_id(given: str | None, credential: str | None) -> str:

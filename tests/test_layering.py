@@ -37,9 +37,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("routing", ("_routing",)),
     ("cache", ("_cache",)),
     ("upstream", ("_upstream",)),
-    ("pipeline", ("_call", "_routes", "_pipeline", "_shutdown")),
+    ("pipeline", ("_call", "_routes", "_relay", "_pipeline", "_shutdown")),
     ("telemetry", ("_telemetry",)),
-    ("middleware", ("config", "middleware")),
+    ("middleware", ("config", "_assembly", "middleware")),
     ("entry points", ("cli", "_server", "_heap", "openapi", "__init__", "__main__")),
 ]
 

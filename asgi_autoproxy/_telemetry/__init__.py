@@ -10,6 +10,11 @@ nothing of either.
 
 from __future__ import annotations
 
-from asgi_autoproxy._telemetry.hub import Telemetry, TelemetryOptions, build_telemetry
+from asgi_autoproxy._telemetry.hub import (
+    Telemetry,
+    TelemetryOptions,
+    build_telemetry,
+    log_startup,
+)
 
-__all__ = ["Telemetry", "TelemetryOptions", "build_telemetry"]
+__all__ = ["Telemetry", "TelemetryOptions", "build_telemetry", "log_startup"]

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from asgi_autoproxy._cache.backends.base import CacheBackend
 from asgi_autoproxy._headers import RequestHeaders
 from asgi_autoproxy.observability import RequestRecord, TraceListener
 from asgi_autoproxy.providers.base import Provider
@@ -102,3 +103,27 @@ def build_telemetry(
     if otel is None and prometheus is None:
         return None
     return Telemetry(otel, prometheus)
+
+
+def log_startup(
+    path: str,
+    providers: Sequence[Provider],
+    cache: CacheBackend | None,
+    telemetry: Telemetry | None,
+) -> None:
+    """One line naming what an embedded proxy serves: its path, providers and cache."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    names = ", ".join(f"{p.name} ({type(p).__name__})" for p in providers)
+    extras = []
+    if telemetry is not None and telemetry.otel is not None:
+        extras.append("; OpenTelemetry on")
+    if telemetry is not None and telemetry.prometheus is not None:
+        extras.append("; Prometheus metrics on")
+    logger.info(
+        "asgi_autoproxy serving POST %s; providers: %s; cache: %s%s",
+        path,
+        names,
+        "off" if cache is None else type(cache).__name__,
+        "".join(extras),
+    )

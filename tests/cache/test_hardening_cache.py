@@ -213,7 +213,7 @@ async def test_a_duplicate_key_cannot_reach_another_body_s_entry(
         response = await post(app, raw=split)
         assert response.status_code == 400
         assert "x-bt-cached" not in response.headers
-    assert app._pipeline.plan_memo is not None and len(app._pipeline.plan_memo) == 1
+    assert app._pipeline.cache.plan_memo is not None and len(app._pipeline.cache.plan_memo) == 1
     assert upstream.calls == 1
 
 
@@ -480,7 +480,7 @@ async def test_a_remembered_plan_obeys_max_age(
     assert (await post(app, raw=raw, headers=fresh)).headers["x-bt-cached"] == "HIT"
     clock.now += 4
     assert (await post(app, raw=raw, headers=fresh)).headers["x-bt-cached"] == "MISS"
-    assert app._pipeline.plan_memo is not None and app._pipeline.plan_memo.found >= 2
+    assert app._pipeline.cache.plan_memo is not None and app._pipeline.cache.plan_memo.found >= 2
     assert upstream.calls == 2
 
 

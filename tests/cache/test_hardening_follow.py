@@ -27,7 +27,7 @@ from asgi_autoproxy import (
 )
 from asgi_autoproxy import _cancel as background
 from asgi_autoproxy import _idle_timeout as idle
-from asgi_autoproxy import _pipeline as pipeline_module
+from asgi_autoproxy import _relay as relay_module
 from asgi_autoproxy._cancel import along
 from tests.conftest import CALLER_KEY, MakeProxy, chat_body, inner_app
 from tests.fake_upstream import FakeUpstream
@@ -261,7 +261,7 @@ async def test_a_stalled_follower_is_dropped_with_an_error_event(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Time enough for this test to read the dropped follower's last words.
-    monkeypatch.setattr(pipeline_module, "_DROPPED_GRACE", 60.0)
+    monkeypatch.setattr(relay_module, "_DROPPED_GRACE", 60.0)
     upstream, server, records = served(gate_at=1)
     follower: socket.socket | None = None
     try:

@@ -73,7 +73,7 @@ async def test_requests_differing_in_one_table_header_never_share_a_plan(
 ) -> None:
     providers = [OpenAIProvider(base_url=upstream_url, name=n) for n in ("a", "b")]
     app = make_proxy(providers=providers)
-    memo = app._pipeline.plan_memo
+    memo = app._pipeline.cache.plan_memo
     assert memo is not None
     body = chat_body(f"one plan per {name.decode()} value", temperature=0)
     first_value, second_value = VALUES[name]

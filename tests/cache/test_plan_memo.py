@@ -40,8 +40,8 @@ async def post(
 
 
 def plans_found(app: AutoProxyMiddleware) -> int:
-    assert app._pipeline.plan_memo is not None
-    return app._pipeline.plan_memo.found
+    assert app._pipeline.cache.plan_memo is not None
+    return app._pipeline.cache.plan_memo.found
 
 
 async def test_a_repeat_is_served_through_its_remembered_plan(
@@ -134,7 +134,7 @@ async def test_other_bytes_for_the_same_request_still_hit_by_the_canonical_key(
     assert (await post(app, None, raw=compact)).headers["x-bt-cached"] == "MISS"
     assert (await post(app, None, raw=spaced)).headers["x-bt-cached"] == "HIT"
     assert plans_found(app) == 0  # different bytes: the full path found the entry
-    assert app._pipeline.plan_memo is not None and len(app._pipeline.plan_memo) == 2
+    assert app._pipeline.cache.plan_memo is not None and len(app._pipeline.cache.plan_memo) == 2
     assert upstream.calls == 1
 
 
@@ -159,7 +159,7 @@ async def test_requests_that_are_not_cached_are_not_remembered(
     body = chat_body("creative", temperature=0.9)
     for _ in range(2):
         assert (await post(app, body)).headers["x-bt-cached"] == "MISS"
-    assert app._pipeline.plan_memo is not None and len(app._pipeline.plan_memo) == 0
+    assert app._pipeline.cache.plan_memo is not None and len(app._pipeline.cache.plan_memo) == 0
     assert upstream.calls == 2
 
 

@@ -1,0 +1,244 @@
+"""The cache as the pipeline sees it: plan, look up, coalesce, and store through a tee.
+
+``CachedAnswers.find`` answers one question for a cacheable request: is there an entry
+(a hit), an identical request already calling upstream (a flight to follow, in this
+process, or an entry another process just stored), or must this request call upstream
+itself (it leads)? A leader gets a ``Tee``: the relay passes the answer through it on
+its way to the caller, and the tee stores it once it has ended whole. The relay never
+writes the cache itself, and only the façade knows flights and cross-process locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from asgi_autoproxy._cache.coalescing import Flight
+from asgi_autoproxy._cache.entry import CachedResponse
+from asgi_autoproxy._cache.keys import SHARED_CALLER, EntryKey, entry_key
+from asgi_autoproxy._cache.policy import CacheDecision, decide
+from asgi_autoproxy._cache.remembered_plans import PlanMemo, RequestDigest, request_digest
+from asgi_autoproxy._cache.store import CacheStats, ResponseCache
+from asgi_autoproxy._headers import RequestHeaders, replayed_on_hits
+from asgi_autoproxy.providers.base import Endpoint
+
+
+@dataclass(slots=True)
+class CachePlan:
+    """Whether and where one request reads and writes the cache."""
+
+    decision: CacheDecision
+    key: EntryKey
+    model: str
+    endpoint: Endpoint
+
+
+class Tee:
+    """The leader's answer on its way to the caller, shared with followers as it comes
+    (its ``flight``) and stored once it ended whole."""
+
+    __slots__ = ("_cache", "_claim", "_flights", "flight", "plan")
+
+    def __init__(
+        self,
+        cache: ResponseCache,
+        plan: CachePlan,
+        flight: Flight,
+        claim: str,
+        flights: dict[str, Flight],
+    ) -> None:
+        self._cache = cache
+        self._claim = claim
+        """The cross-process lock's token ("" when none is held)."""
+        self._flights = flights
+        self.plan = plan
+        self.flight = flight
+
+    @property
+    def shared(self) -> bool:
+        """Whether followers can join: the flight is the one registered for its entry."""
+        return self._flights.get(self.plan.key.key) is self.flight
+
+    def start(self, status: int, headers: list[tuple[bytes, bytes]], *, stream: bool) -> None:
+        self.flight.start(status, headers, stream=stream)
+
+    def publish(self, part: bytes) -> None:
+        self.flight.publish(part)
+
+    async def finish(self, *, storable: bool) -> bool:
+        """The answer ended whole: store it when it is ``storable`` (a 2xx that is a
+        real answer, a stream that ended as it should) and the plan writes, then let
+        the followers finish. Returns whether it was stored."""
+        flight, plan = self.flight, self.plan
+        stored = storable and plan.decision.write
+        if stored:
+            # Before the flight ends: its end ends the caller's answer too, and a caller
+            # that read it all and asks again must find the entry.
+            entry = CachedResponse(
+                flight.status,
+                replayed_on_hits(flight.headers),
+                tuple(flight.parts),
+                flight.stream,
+                self._cache.clock(),
+            )
+            await self._cache.put(plan.key, entry, plan.decision.ttl)
+        flight.complete()
+        return stored
+
+    def break_stream(self, tail: bytes) -> None:
+        """The stream broke: followers get ``tail`` (its error event); nothing is stored."""
+        self.flight.break_stream(tail)
+
+    async def release(self) -> None:
+        """Let other processes call upstream again (they will find the entry, if any)."""
+        if self._claim:
+            claim, self._claim = self._claim, ""
+            with anyio.CancelScope(shield=True):
+                await self._cache.release(self.plan.key, claim)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    entry: CachedResponse
+
+
+Found = Hit | Flight | Tee
+"""What ``find`` found: an entry, a flight to follow, or the lead."""
+
+
+class CachedAnswers:
+    """The façade over the store, the remembered plans and coalescing."""
+
+    def __init__(
+        self,
+        store: ResponseCache,
+        *,
+        default_ttl: int,
+        share_across_callers: bool,
+        coalesce_timeout: float,
+        max_follower_lag: int,
+    ) -> None:
+        self.store = store
+        self.plan_memo: PlanMemo[CachePlan] = PlanMemo()
+        self._default_ttl = default_ttl
+        self._share = share_across_callers
+        self._coalesce_timeout = coalesce_timeout
+        self._max_follower_lag = max_follower_lag
+        self._flights: dict[str, Flight] = {}
+
+    @property
+    def stats(self) -> CacheStats:
+        return self.store.stats
+
+    def age(self, entry: CachedResponse) -> float:
+        return self.store.age(entry)
+
+    # -- planning -----------------------------------------------------------------------
+
+    def scope_of(self, caller_scope: str) -> str:
+        """Whose entries a caller reads: its own, or everyone's when they are shared."""
+        return SHARED_CALLER if self._share else caller_scope
+
+    def digest(
+        self,
+        route: str,
+        caller_scope: str,
+        has_key: bool,
+        headers: RequestHeaders,
+        body: bytes,
+    ) -> RequestDigest:
+        return request_digest(route, self.scope_of(caller_scope), has_key, headers, body)
+
+    def plan(
+        self,
+        headers: RequestHeaders,
+        *,
+        endpoint: Endpoint,
+        model: str,
+        payload: Mapping[str, Any],
+        providers: Sequence[str],
+        pinned: str | None,
+        caller_scope: str,
+    ) -> CachePlan | None:
+        """The plan for a request, or None when it neither reads nor writes the cache."""
+        decision = decide(
+            payload,
+            use_cache=headers.use_cache,
+            cache_ttl=headers.cache_ttl,
+            cache_control=headers.cache_control,
+            default_ttl=self._default_ttl,
+        )
+        if not (decision.read or decision.write):
+            return None
+        key = entry_key(
+            endpoint=endpoint,
+            # A pinned provider answers alone, so it must not share the group's entries.
+            providers=pinned or ",".join(providers),
+            caller=self.scope_of(caller_scope),  # hashed only here, when needed
+            payload=payload,
+        )
+        return CachePlan(decision, key, model, endpoint)
+
+    # -- looking up ---------------------------------------------------------------------
+
+    async def hit(self, plan: CachePlan) -> CachedResponse | None:
+        return await self.store.get(plan.key, max_age=plan.decision.max_age)
+
+    async def find(self, plan: CachePlan, *, stream: bool, looked_up: bool) -> Found:
+        """An entry, an identical request's flight, or the lead (unless ``looked_up``
+        already missed, the entry is looked up first). A flight that a follower found
+        abandoned is gone from here by the time the follower asks again."""
+        if not plan.decision.read:
+            return self._tee(plan, claim="")
+        if not looked_up:
+            entry = await self.hit(plan)
+            if entry is not None:
+                return Hit(entry)
+        flight = self._flights.get(plan.key.key)
+        if flight is not None:
+            self.store.stats.coalesced += 1
+            return flight
+        if self.store.locks is None or stream:
+            # Streams skip the cross-process lock: waiting for another process's whole
+            # stream would cost its time to first byte.
+            return self._tee(plan, claim="")
+        return await self._lead_across_processes(plan)
+
+    def lead(self, plan: CachePlan) -> Tee:
+        """The lead, without looking for anything first (followers kept finding flights
+        that their leaders then abandoned)."""
+        return self._tee(plan, claim="")
+
+    async def _lead_across_processes(self, plan: CachePlan) -> Hit | Tee:
+        """Let another process already calling upstream answer first."""
+        claim = await self.store.claim(plan.key, self._coalesce_timeout)
+        if claim is None:
+            found = await self.store.wait_for_peer(
+                plan.key, self._coalesce_timeout, max_age=plan.decision.max_age
+            )
+            if isinstance(found, CachedResponse):
+                self.store.stats.coalesced += 1
+                return Hit(found)
+            claim = found  # the other process gave up: call upstream ("": without the lock)
+        return self._tee(plan, claim=claim)
+
+    def _tee(self, plan: CachePlan, *, claim: str) -> Tee:
+        return Tee(self.store, plan, Flight(self._max_follower_lag), claim, self._flights)
+
+    @contextmanager
+    def flying(self, tee: Tee) -> Iterator[Flight]:
+        """While the leader calls upstream, identical requests follow its flight; after,
+        a flight that did not end is failed so that its followers retry or give up."""
+        plan, flight = tee.plan, tee.flight
+        registered = plan.decision.read
+        if registered:
+            self._flights[plan.key.key] = flight
+        try:
+            yield flight
+        finally:
+            if registered and self._flights.get(plan.key.key) is flight:
+                del self._flights[plan.key.key]
