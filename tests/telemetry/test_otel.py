@@ -154,12 +154,14 @@ async def test_a_coalesced_follower_is_its_own_span_without_attempts(
         async with anyio.create_task_group() as group:
             group.start_soon(ask)
             with anyio.fail_after(5):
-                while not upstream.parked:  # the leader's stream is held after one chunk
+                # The leader's stream is held after one chunk.
+                while not upstream.parked:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
             group.start_soon(ask)
             with anyio.fail_after(5):
-                while proxy.cache_stats is None or proxy.cache_stats.coalesced < 1:
-                    await anyio.sleep(0.01)  # until the follower has joined the flight
+                # Until the follower has joined the flight.
+                while proxy.cache_stats is None or proxy.cache_stats.coalesced < 1:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
             upstream.open_gate()
     assert upstream.calls == 1
     assert sorted(r.headers["x-bt-cached"] for r in answers) == ["HIT", "MISS"]
@@ -235,7 +237,7 @@ async def test_a_stream_has_usage_time_to_first_chunk_and_no_extra_chunk(
     assert a["autoproxy.used_endpoint"] == "fake"
     assert a["gen_ai.request.stream"] is True
     assert a["gen_ai.response.finish_reasons"] == ("stop",)
-    assert 0 < a["gen_ai.response.time_to_first_chunk"]
+    assert a["gen_ai.response.time_to_first_chunk"] > 0
     (first_chunk,) = otel.points("gen_ai.client.operation.time_to_first_chunk")
     assert first_chunk.count == 1
     assert first_chunk.attributes["gen_ai.request.model"] == "gpt-4o-mini"
@@ -470,7 +472,8 @@ async def main():
         r = await http.get("/v1/proxy/models", headers={"authorization": "Bearer sk-x"})
         assert r.status_code == 200, r.text
     await proxy.aclose()
-    print("SPANS", [(s.name, s.attributes["autoproxy.route"]) for s in exporter.get_finished_spans()])
+    spans = exporter.get_finished_spans()
+    print("SPANS", [(s.name, s.attributes["autoproxy.route"]) for s in spans])
 
 anyio.run(main)
 """
