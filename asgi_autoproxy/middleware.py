@@ -209,7 +209,7 @@ class AutoProxyMiddleware:
     def _cache_entries(self) -> int | None:
         """Entries in the cache, where the backend can say cheaply (memory)."""
         backend = self.cache
-        return backend.stats.entries if isinstance(backend, MemoryCache) else None
+        return backend.entry_count if isinstance(backend, MemoryCache) else None
 
     async def drain(self) -> int:
         """Give requests in flight ``shutdown_grace`` seconds, then cut the rest: a 503

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import time
 from collections.abc import Callable
 
 try:
@@ -49,8 +48,6 @@ from asgi_autoproxy.errors import ProxyError, unauthorized
 from asgi_autoproxy.observability import RequestRecord
 
 _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-_ENTRIES_EVERY = 1.0
-"""Seconds between two readings of the cache's size (it takes the cache's lock)."""
 
 
 class PrometheusMetrics:
@@ -59,7 +56,6 @@ class PrometheusMetrics:
     def __init__(self, *, token: str | None, cache_entries: Callable[[], int | None]) -> None:
         self._token = None if token is None else token.encode()
         self._cache_entries = cache_entries
-        self._entries_read_at = -_ENTRIES_EVERY
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         # A registry per middleware, so that two of them in one process do not clash.
         self.registry = CollectorRegistry()
@@ -127,11 +123,8 @@ class PrometheusMetrics:
             self.attempts.labels(attempt.provider, attempt.outcome).inc()
         self._read_entries()
 
-    def _read_entries(self, *, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if now - self._entries_read_at < _ENTRIES_EVERY:
-            return
-        self._entries_read_at = now
+    def _read_entries(self) -> None:
+        # After every request: a worker that is not scraped must not report a stale size.
         entries = self._cache_entries()
         if entries is not None:
             self.entries.set(entries)
