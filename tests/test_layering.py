@@ -40,7 +40,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pipeline", ("_call", "_routes", "_relay", "_pipeline", "_shutdown")),
     ("telemetry", ("_telemetry",)),
     ("middleware", ("config", "_assembly", "middleware")),
-    ("entry points", ("cli", "_server", "_heap", "openapi", "__init__", "__main__")),
+    (
+        "entry points",
+        ("cli", "_gateway", "_logs", "_server", "_heap", "openapi", "__init__", "__main__"),
+    ),
 ]
 
 
