@@ -61,22 +61,23 @@ def load_gateway(path: str | Path, environ: Mapping[str, str]) -> Gateway:
         with open(path, "rb") as file:
             data = tomllib.load(file)
     except FileNotFoundError:
-        raise ConfigError("--config", name, "no such file; give the path of a TOML file") from None
+        raise _file_error(name, "no such file; give the path of a TOML file") from None
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError("--config", name, f"not valid TOML ({error})") from None
+        raise _file_error(name, f"not valid TOML: {error}") from None
     except OSError as error:
-        raise ConfigError("--config", name, f"cannot be read ({error.strerror})") from None
+        raise _file_error(name, f"cannot be read ({error.strerror})") from None
     try:
         return _Reader(environ, Path(path).parent).gateway(data)
     except ConfigError as error:
-        raise _in_file(name, error) from None
+        raise _file_error(name, str(error), key=error.key) from None
 
 
-def _in_file(name: str, error: ConfigError) -> ConfigError:
-    moved = ConfigError.__new__(ConfigError)
-    ValueError.__init__(moved, f"{name}: {error}")
-    moved.key = error.key
-    return moved
+def _file_error(name: str, text: str, *, key: str = "") -> ConfigError:
+    """A ``ConfigError`` whose line starts with the file's name."""
+    error = ConfigError.__new__(ConfigError)
+    ValueError.__init__(error, f"{name}: {text}")
+    error.key = key
+    return error
 
 
 def _show(value: object) -> str:
