@@ -12,12 +12,13 @@ upstream on its request. Prompts go on spans only with ``capture_content``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import metrics, trace
+    from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.trace import SpanKind, Status, StatusCode
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError as missing:  # pragma: no cover - the extra's own message
@@ -42,10 +43,24 @@ _SCOPE = "asgi_autoproxy"
 # The conventions' advised buckets for these histograms.
 _TOKEN_BUCKETS = [4**n for n in range(14)]
 _SECONDS_BUCKETS = [0.01 * 2**n for n in range(14)]
+# The counters' attributes, in the order of their keys in ``OTelRequests._counts``.
+_REQUEST_KEYS = (
+    "autoproxy.route",
+    "autoproxy.model",
+    "autoproxy.provider",
+    "autoproxy.status",
+    "autoproxy.cache_status",
+)
+_ATTEMPT_KEYS = ("autoproxy.provider", "autoproxy.outcome")
 
 
 class OTelRequests:
-    """The tracer and instruments, made once per middleware."""
+    """The tracer and instruments, made once per middleware.
+
+    Kept cheap per request: the SDK's cost is mostly per call and per attribute, so each
+    span gets its attributes in one call, and the two counters are observable, counted
+    in a dict here and read by the SDK only when it collects.
+    """
 
     def __init__(self, options: TelemetryOptions, providers: Sequence[Provider]) -> None:
         from asgi_autoproxy import __version__
@@ -73,13 +88,17 @@ class OTelRequests:
             description="Seconds until a streamed answer's first chunk went to the caller.",
             explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
         )
-        self.requests = meter.create_counter(
+        self.request_counts: dict[tuple[Any, ...], int] = {}
+        self.attempt_counts: dict[tuple[str, str], int] = {}
+        meter.create_observable_counter(
             "autoproxy.requests",
+            callbacks=[_observe(self.request_counts, _REQUEST_KEYS)],
             unit="{request}",
             description="Requests served, by route, model, provider, status and cache status.",
         )
-        self.attempts = meter.create_counter(
+        meter.create_observable_counter(
             "autoproxy.upstream.attempts",
+            callbacks=[_observe(self.attempt_counts, _ATTEMPT_KEYS)],
             unit="{attempt}",
             description="Upstream calls, by provider and outcome (failover, retries).",
         )
@@ -88,26 +107,77 @@ class OTelRequests:
         parent = None
         if headers.trace_context:
             parent = _W3C.extract(dict(headers.trace_context))
-        span = self.tracer.start_span(
-            OPERATIONS.get(route, route),  # renamed once the model is known
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"autoproxy.route": route, "http.request.method": method},
-        )
-        return RequestSpan(self, span)
+        # Named by the route for now; renamed, and given its attributes, at the end.
+        span = self.tracer.start_span(OPERATIONS.get(route, route), parent, SpanKind.SERVER)
+        return RequestSpan(self, span, method)
 
     def finish(self, listener: TraceListener | None, record: RequestRecord) -> None:
+        op = operation(record)
+        cache = cache_status(record)
+        provider = record.provider
+        system = None if provider is None else self.systems.get(provider, provider)
+        error = record.error
+        if error is None and record.status is not None and record.status >= 400:
+            error = str(record.status)
+        if isinstance(listener, RequestSpan):
+            self._end_span(listener, record, op, system, cache, error)
+        # Metric attributes stay low-cardinality: no request id, a bounded set of models.
+        # The histograms carry the conventions' attributes only (the SDK's cost grows
+        # with each); route and cache status are the counter's.
+        model = self.models(record.model)
+        common: dict[str, Any] = {}
+        if op is not None:
+            common["gen_ai.operation.name"] = op
+        if system is not None:
+            common["gen_ai.provider.name"] = system
+        if record.model is not None:
+            common["gen_ai.request.model"] = model
+        if record.response_model is not None:
+            common["gen_ai.response.model"] = self.models(record.response_model)
+        if error is not None:
+            self.duration.record(record.latency_s, {**common, "error.type": error})
+        else:
+            self.duration.record(record.latency_s, common)
+        if record.stream and record.ttfb_s is not None:
+            self.first_chunk.record(record.ttfb_s, common)
+        usage = record.usage
+        if usage is not None:
+            if usage.prompt_tokens is not None:
+                common["gen_ai.token.type"] = "input"
+                self.token_usage.record(usage.prompt_tokens, common)
+            if usage.completion_tokens is not None:
+                # A new dict: the SDK may keep the one it was given.
+                self.token_usage.record(
+                    usage.completion_tokens, {**common, "gen_ai.token.type": "output"}
+                )
+        key = (record.route, model, provider or "none", record.status or 0, cache)
+        counts = self.request_counts
+        counts[key] = counts.get(key, 0) + 1
+
+    def _end_span(
+        self,
+        listener: RequestSpan,
+        record: RequestRecord,
+        op: str | None,
+        system: str | None,
+        cache: str,
+        error: str | None,
+    ) -> None:
+        span = listener.span
         attributes: dict[str, Any] = {
             "autoproxy.route": record.route,
-            "autoproxy.cache_status": cache_status(record),
+            "autoproxy.cache_status": cache,
+            "autoproxy.request_id": record.request_id,
+            "http.request.method": listener.method,
+            "gen_ai.request.stream": record.stream,
         }
-        op = operation(record)
         if op is not None:
             attributes["gen_ai.operation.name"] = op
         if record.model is not None:
             attributes["gen_ai.request.model"] = record.model
-        if record.provider is not None:
-            attributes["gen_ai.provider.name"] = self.systems.get(record.provider, record.provider)
+            span.update_name(f"{op or record.route} {record.model}")
+        if system is not None:
+            attributes["gen_ai.provider.name"] = system
             attributes["autoproxy.used_endpoint"] = record.provider
         if record.response_model is not None:
             attributes["gen_ai.response.model"] = record.response_model
@@ -117,89 +187,24 @@ class OTelRequests:
             _put(attributes, "gen_ai.usage.output_tokens", usage.completion_tokens)
             _put(attributes, "gen_ai.usage.cache_read.input_tokens", usage.cached_input_tokens)
             _put(attributes, "gen_ai.usage.reasoning.output_tokens", usage.reasoning_tokens)
-        error = record.error
-        if error is None and record.status is not None and record.status >= 400:
-            error = str(record.status)
-        if isinstance(listener, RequestSpan):
-            self._end_span(listener, record, attributes, error)
-        self._measure(record, attributes, error)
-
-    def _end_span(
-        self,
-        listener: RequestSpan,
-        record: RequestRecord,
-        attributes: dict[str, Any],
-        error: str | None,
-    ) -> None:
-        span = listener.span
-        if record.model is not None:
-            span.update_name(
-                f"{attributes.get('gen_ai.operation.name', record.route)} {record.model}"
-            )
-        span.set_attributes(attributes)
-        span.set_attribute("autoproxy.request_id", record.request_id)
-        span.set_attribute("gen_ai.request.stream", record.stream)
         if record.status is not None:
-            span.set_attribute("http.response.status_code", record.status)
+            attributes["http.response.status_code"] = record.status
         if record.finish_reason is not None:
-            span.set_attribute("gen_ai.response.finish_reasons", [record.finish_reason])
+            attributes["gen_ai.response.finish_reasons"] = (record.finish_reason,)
         if record.ttfb_s is not None:
-            span.set_attribute("gen_ai.response.time_to_first_chunk", record.ttfb_s)
+            attributes["gen_ai.response.time_to_first_chunk"] = record.ttfb_s
         if record.cost_usd is not None:
-            span.set_attribute("autoproxy.cost_usd", record.cost_usd)
+            attributes["autoproxy.cost_usd"] = record.cost_usd
         if record.client_disconnected:
-            span.set_attribute("autoproxy.client_disconnected", True)
+            attributes["autoproxy.client_disconnected"] = True
+        if listener.content is not None:
+            attributes["gen_ai.input.messages"] = listener.content
         if error is not None:
-            span.set_attribute("error.type", error)
+            attributes["error.type"] = error
             if record.status is None or record.status >= 500 or record.error is not None:
                 span.set_status(Status(StatusCode.ERROR, error))
+        span.set_attributes(attributes)
         span.end()
-
-    def _measure(
-        self, record: RequestRecord, attributes: dict[str, Any], error: str | None
-    ) -> None:
-        # Metric attributes stay low-cardinality: no request id, a bounded model set.
-        common: dict[str, Any] = {
-            k: v
-            for k, v in attributes.items()
-            if k
-            in (
-                "gen_ai.operation.name",
-                "gen_ai.provider.name",
-                "autoproxy.cache_status",
-                "autoproxy.route",
-            )
-        }
-        if record.model is not None:
-            common["gen_ai.request.model"] = self.models(record.model)
-        if record.response_model is not None:
-            common["gen_ai.response.model"] = self.models(record.response_model)
-        timed = dict(common)
-        if error is not None:
-            timed["error.type"] = error
-        self.duration.record(record.latency_s, timed)
-        if record.stream and record.ttfb_s is not None:
-            self.first_chunk.record(record.ttfb_s, common)
-        usage = record.usage
-        if usage is not None:
-            if usage.prompt_tokens is not None:
-                self.token_usage.record(
-                    usage.prompt_tokens, {**common, "gen_ai.token.type": "input"}
-                )
-            if usage.completion_tokens is not None:
-                self.token_usage.record(
-                    usage.completion_tokens, {**common, "gen_ai.token.type": "output"}
-                )
-        self.requests.add(
-            1,
-            {
-                "autoproxy.route": record.route,
-                "autoproxy.model": self.models(record.model),
-                "autoproxy.provider": record.provider or "none",
-                "autoproxy.status": record.status or 0,
-                "autoproxy.cache_status": cache_status(record),
-            },
-        )
 
     def abandon(self, listener: TraceListener) -> None:
         if isinstance(listener, RequestSpan):
@@ -207,26 +212,42 @@ class OTelRequests:
             listener.span.end()
 
 
+def _observe(
+    counts: dict[Any, int], names: tuple[str, ...]
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def callback(options: CallbackOptions) -> Iterable[Observation]:
+        # Runs in the reader's thread: a copy is atomic, iterating the live dict is not.
+        return [
+            Observation(count, dict(zip(names, key, strict=True)))
+            for key, count in counts.copy().items()
+        ]
+
+    return callback
+
+
 class RequestSpan:
     """One request's span, and the child span of its upstream attempt in progress."""
 
-    __slots__ = ("_attempt", "_content_done", "_owner", "_token", "span")
+    __slots__ = ("_attempt", "_owner", "_token", "content", "method", "span")
 
-    def __init__(self, owner: OTelRequests, span: trace.Span) -> None:
+    def __init__(self, owner: OTelRequests, span: trace.Span, method: str) -> None:
         self._owner = owner
         self.span = span
+        self.method = method
         self._attempt: trace.Span | None = None
         self._token: object | None = None
-        self._content_done = False
+        self.content: str | None = None
+        """The prompt, with ``capture_content`` only."""
 
     def attempt_started(self, provider: str, request: Any) -> None:
         owner = self._owner
         op = OPERATIONS.get(request.endpoint, request.endpoint)
+        parent = trace.set_span_in_context(self.span)
         child = owner.tracer.start_span(
             f"{op} {request.model}",
-            context=trace.set_span_in_context(self.span),
-            kind=SpanKind.CLIENT,
-            attributes={
+            parent,
+            SpanKind.CLIENT,
+            {
                 "gen_ai.operation.name": op,
                 "gen_ai.provider.name": owner.systems.get(provider, provider),
                 "gen_ai.request.model": request.model,
@@ -234,33 +255,37 @@ class RequestSpan:
             },
         )
         self._attempt = child
-        attempt_context = trace.set_span_in_context(child)
-        # Current while the provider calls, so that an instrumented HTTP client (and
-        # our own headers below) carry this attempt's context.
-        self._token = otel_context.attach(attempt_context)
-        carrier: dict[str, str] = {}
-        _W3C.inject(carrier, context=attempt_context)
-        request.trace_context = tuple(carrier.items())
-        if owner.capture_content and not self._content_done:
-            self._content_done = True
-            self.span.set_attribute("gen_ai.input.messages", _input_messages(request.payload))
+        # Current while the provider calls, so that an instrumented HTTP client carries
+        # this attempt's context too.
+        self._token = otel_context.attach(trace.set_span_in_context(child, parent))
+        ids = child.get_span_context()
+        traceparent = f"00-{ids.trace_id:032x}-{ids.span_id:016x}-{ids.trace_flags:02x}"
+        state = ids.trace_state
+        request.trace_context = (
+            (("traceparent", traceparent), ("tracestate", state.to_header()))
+            if state
+            else (("traceparent", traceparent),)
+        )
+        if owner.capture_content and self.content is None:
+            self.content = _input_messages(request.payload)
 
     def attempt_ended(self, attempt: Attempt) -> None:
         child, token = self._attempt, self._token
         self._attempt = self._token = None
         if token is not None:
             otel_context.detach(token)  # type: ignore[arg-type]
-        self._owner.attempts.add(
-            1, {"autoproxy.provider": attempt.provider, "autoproxy.outcome": attempt.outcome}
-        )
+        counts = self._owner.attempt_counts
+        key = (attempt.provider, attempt.outcome)
+        counts[key] = counts.get(key, 0) + 1
         if child is None:
             return
-        child.set_attribute("autoproxy.attempt.outcome", attempt.outcome)
+        attributes: dict[str, Any] = {"autoproxy.attempt.outcome": attempt.outcome}
         if attempt.status is not None:
-            child.set_attribute("http.response.status_code", attempt.status)
+            attributes["http.response.status_code"] = attempt.status
         if attempt.outcome != "ok":
-            child.set_attribute("error.type", attempt.outcome)
+            attributes["error.type"] = attempt.outcome
             child.set_status(Status(StatusCode.ERROR, attempt.outcome))
+        child.set_attributes(attributes)
         child.end()
 
 

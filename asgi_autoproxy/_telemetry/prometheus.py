@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
+from typing import Any
 
 try:
     from prometheus_client import (
@@ -99,28 +100,33 @@ class PrometheusMetrics:
             multiprocess_mode="livesum",
         )
         self._models = ModelLabels()
+        # Each label set's child, looked up once: ``labels()`` checks and converts its
+        # values, and takes a lock, on every call.
+        self._requests: dict[tuple[Any, ...], Any] = {}
+        self._durations: dict[tuple[Any, ...], Any] = {}
+        self._first_chunks: dict[tuple[Any, ...], Any] = {}
+        self._tokens: dict[tuple[Any, ...], Any] = {}
+        self._attempts: dict[tuple[Any, ...], Any] = {}
 
     def observe(self, record: RequestRecord) -> None:
         model = self._models(record.model)
         cache = cache_status(record)
-        self.requests.labels(
-            record.route,
-            model,
-            record.provider or "none",
-            str(record.status or 0),
-            cache,
+        route = record.route
+        status = record.status or 0
+        _child(
+            self._requests, self.requests, (route, model, record.provider or "none", status, cache)
         ).inc()
-        self.duration.labels(record.route, cache).observe(record.latency_s)
+        _child(self._durations, self.duration, (route, cache)).observe(record.latency_s)
         if record.stream and record.ttfb_s is not None:
-            self.first_chunk.labels(record.route, cache).observe(record.ttfb_s)
+            _child(self._first_chunks, self.first_chunk, (route, cache)).observe(record.ttfb_s)
         usage = record.usage
         if usage is not None:
             if usage.prompt_tokens:
-                self.tokens.labels(model, "input").inc(usage.prompt_tokens)
+                _child(self._tokens, self.tokens, (model, "input")).inc(usage.prompt_tokens)
             if usage.completion_tokens:
-                self.tokens.labels(model, "output").inc(usage.completion_tokens)
+                _child(self._tokens, self.tokens, (model, "output")).inc(usage.completion_tokens)
         for attempt in record.attempts:
-            self.attempts.labels(attempt.provider, attempt.outcome).inc()
+            _child(self._attempts, self.attempts, (attempt.provider, attempt.outcome)).inc()
         self._read_entries()
 
     def _read_entries(self) -> None:
@@ -169,6 +175,14 @@ class PrometheusMetrics:
             body = self.exposition()
         headers = [(b"content-type", CONTENT_TYPE_LATEST.encode()), (b"cache-control", b"no-store")]
         await send_response(send, 200, b"" if scope["method"] == "HEAD" else body, headers)
+
+
+def _child(children: dict[tuple[Any, ...], Any], metric: Any, key: tuple[Any, ...]) -> Any:
+    try:
+        return children[key]
+    except KeyError:
+        child = children[key] = metric.labels(*(str(value) for value in key))
+        return child
 
 
 async def _error(send: Send, error: ProxyError) -> None:
