@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 CacheStatus = Literal["HIT", "MISS", "COALESCED"]
 AttemptOutcome = Literal[
@@ -75,9 +75,10 @@ def _detail(usage: dict[str, Any], group: str, name: str) -> int | None:
 _NO_USAGE = TokenUsage(None, None, None)
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One call to one upstream, in the order they were made (failover, retries)."""
+class Attempt(NamedTuple):
+    """One call to one upstream, in the order they were made (failover, retries).
+
+    A named tuple: one is made per upstream call, and it is the cheapest to make."""
 
     provider: str
     status: int | None

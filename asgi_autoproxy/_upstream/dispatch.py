@@ -191,10 +191,16 @@ class Dispatcher:
             for provider in self._order(candidates):
                 if (attempt_round or tried) and time.monotonic() - started > policy.deadline:
                     break
-                if observer is None:
+                if observer is not None:
+                    observer.attempt_started(provider.name, request)
+                try:
                     outcome = await self._attempt(provider, request, client, peek=peek)
-                else:
-                    outcome = await self._observed(provider, request, client, peek, observer)
+                except BaseException as exc:
+                    if observer is not None:
+                        observer.attempt_ended(provider.name, None, _raised(exc))
+                    raise
+                if observer is not None:
+                    _observe_outcome(observer, provider, outcome)
                 if isinstance(outcome, UpstreamResponse):
                     self._succeeded(provider)
                     return provider, outcome
@@ -214,31 +220,6 @@ class Dispatcher:
         raise _all_failed(tried, timed_out=last.timed_out)
 
     # -- one attempt --------------------------------------------------------------------
-
-    async def _observed(
-        self,
-        provider: Provider,
-        request: UpstreamRequest,
-        client: httpx.AsyncClient,
-        peek: bool,
-        observer: AttemptObserver,
-    ) -> UpstreamResponse | _Failure:
-        observer.attempt_started(provider.name, request)
-        try:
-            outcome = await self._attempt(provider, request, client, peek=peek)
-        except ProxyError as error:
-            large = error.code == "upstream_response_too_large"
-            observer.attempt_ended(provider.name, None, "too_large" if large else "error")
-            raise
-        except BaseException:
-            observer.attempt_ended(provider.name, None, "cancelled")
-            raise
-        if isinstance(outcome, UpstreamResponse):
-            observer.attempt_ended(provider.name, outcome.status, "ok")
-        else:
-            status = None if outcome.response is None else outcome.response.status
-            observer.attempt_ended(provider.name, status, outcome.outcome)
-        return outcome
 
     async def _attempt(
         self,
@@ -342,6 +323,22 @@ class Dispatcher:
         if last is not None and last.retry_after is not None:
             delay = max(delay, min(last.retry_after, policy.max_retry_after))
         return delay
+
+
+def _raised(exc: BaseException) -> AttemptOutcome:
+    if isinstance(exc, ProxyError):
+        return "too_large" if exc.code == "upstream_response_too_large" else "error"
+    return "cancelled" if not isinstance(exc, Exception) else "error"
+
+
+def _observe_outcome(
+    observer: AttemptObserver, provider: Provider, outcome: UpstreamResponse | _Failure
+) -> None:
+    if isinstance(outcome, UpstreamResponse):
+        observer.attempt_ended(provider.name, outcome.status, "ok")
+    else:
+        status = None if outcome.response is None else outcome.response.status
+        observer.attempt_ended(provider.name, status, outcome.outcome)
 
 
 def _should_fail_over(status: int) -> bool:
