@@ -53,7 +53,11 @@ class Telemetry:
         """Opens the request's span; the listener it returns goes on ``call.trace``."""
         if self.otel is None:
             return None
-        return self.otel.start(method, route, headers)
+        try:
+            return self.otel.start(method, route, headers)
+        except Exception:  # a broken tracer must not break the request
+            logger.exception("starting a span failed; this request goes untraced")
+            return None
 
     def finish(self, listener: TraceListener | None, record: RequestRecord) -> None:
         # Observability must not break a request: a failing exporter is logged only.
