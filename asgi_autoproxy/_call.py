@@ -59,15 +59,8 @@ class Call:
         self.trace.status = status
         headers.append((b"x-request-id", self.request_id.encode()))
         headers.append((b"content-length", str(len(body)).encode()))
-        start = {"type": "http.response.start", "status": status, "headers": headers}
-        whole = {"type": "http.response.body", "body": body, "more_body": False}
-        if self.connected:
-            try:  # _send, inlined: two coroutines fewer on every cache hit
-                await self.send(start)
-                if self.connected:
-                    await self.send(whole)
-            except OSError:  # as in _send
-                self.gone()
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
         self.trace.completed = self.connected
 
     async def start_stream(self, headers: Iterable[tuple[bytes, bytes]]) -> None:

@@ -1,9 +1,11 @@
 """Helpers that run beside a request's own work, and a way to stop that work.
 
 Both sit on the path to a streamed answer's first byte, where every request runs them
-cold. On asyncio they are built from the task and loop themselves: a task group and an
-anyio cancel scope cost about 80 and 30 µs there (measured in bench/). Other event
-loops (trio) get anyio's.
+cold. On asyncio they are built from the task and loop themselves; other event loops
+(trio) get anyio's. What each saves over plain anyio, per use, from
+``bench/devices.py`` (Python 3.11, 2-core VM, 2026-12-02; noise: the spread of the
+plain version's rounds): ``beside`` 74 µs (noise 18), ``along`` 21 µs (noise 14),
+``TaskCancelScope`` 4.1 µs (noise 0.1). A cache hit costs about 100 µs of CPU.
 """
 
 from __future__ import annotations

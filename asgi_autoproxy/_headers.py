@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -258,3 +260,17 @@ def _bearer_token(value: bytes) -> str | None:
     scheme, _, token = value.decode("latin-1").strip().partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
+
+
+# Generated ids: random per process, then a counter: unique without a syscall each.
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def request_id(given: str | None, credential: str | None) -> str:
+    """The caller's id when usable, else a new one. The id is echoed, logged and sent
+    upstream, so one that looks like a key (pasted into the wrong header) is replaced."""
+    if given is not None and _REQUEST_ID.fullmatch(given) and not looks_like_key(given, credential):
+        return given
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"

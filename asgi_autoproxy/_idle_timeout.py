@@ -6,9 +6,9 @@ start), so streams get their own, shorter limit on silence.
 On asyncio each wait arms one loop timer, and its expiry stops the stream through a
 ``TaskCancelScope``. Elsewhere (trio) a watchdog task checks the clock under an anyio
 cancel scope. The set-up sits between the upstream's headers and the first byte the
-caller sees, so it is kept to a couple of objects: measured at c1, the watchdog took
-about 100 µs more there, and an ``asyncio.timeout`` behind a generator context manager
-about 20 µs more.
+caller sees, so it is kept to a couple of objects. Over a 20-chunk stream it costs
+115 µs where a per-chunk ``anyio.move_on_after`` costs 233 (``bench/devices.py``,
+2026-12-02, noise 80 µs).
 """
 
 from __future__ import annotations

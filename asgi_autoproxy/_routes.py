@@ -84,6 +84,10 @@ def _by_model(router: ModelRouter, model: str, payload: Mapping[str, Any]) -> En
     return router.auto_endpoint(model, payload)
 
 
+def _chat(router: ModelRouter, model: str, payload: Mapping[str, Any]) -> Endpoint:
+    return router.chat_endpoint(model)
+
+
 def _always(endpoint: Endpoint) -> ChooseEndpoint:
     def choose(router: ModelRouter, model: str, payload: Mapping[str, Any]) -> Endpoint:
         return endpoint
@@ -112,7 +116,7 @@ SIBLINGS = (
         suffix="/chat/completions",
         method="POST",
         parse=parse_openai_payload,
-        endpoint=_always("chat"),
+        endpoint=_chat,
     ),
     Route(
         name="completion",

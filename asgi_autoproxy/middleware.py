@@ -1,32 +1,22 @@
-"""``AutoProxyMiddleware``: the ASGI plumbing.
+"""``AutoProxyMiddleware``: the ASGI plumbing, and the middleware's lifecycle.
 
-Flow: match the path, read and validate the body, route the model to an endpoint
-and provider, call upstream, and relay the answer (whole or as SSE). Everything
-the middleware does not serve goes to the wrapped app untouched.
+It matches the path against the route table (``_routes.py``), tracks the request for
+graceful shutdown, and hands the pipeline (``_pipeline.py``) a request whose body it
+reads within the limits; the pipeline answers through the request's ``Call``.
+Everything the middleware does not serve goes to the wrapped app untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Unpack
 
 import anyio
 import httpx
 
-from asgi_autoproxy._asgi import (
-    ASGIApp,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    read_body,
-    route_path,
-)
+from asgi_autoproxy._asgi import ASGIApp, Message, Receive, Scope, Send, read_body, route_path
 from asgi_autoproxy._assembly import assemble
 from asgi_autoproxy._cache.backends.base import CacheBackend
 from asgi_autoproxy._cache.backends.memory import MemoryCache
@@ -35,36 +25,22 @@ from asgi_autoproxy._cache.store import CacheStats
 from asgi_autoproxy._call import Call, send_error
 from asgi_autoproxy._gate.auth import Authenticate
 from asgi_autoproxy._gate.limits import RateLimit
-from asgi_autoproxy._headers import (
-    RequestHeaders,
-    looks_like_key,
-)
-from asgi_autoproxy._http.clients import (
-    TransportChoice,
-)
+from asgi_autoproxy._headers import RequestHeaders, request_id
+from asgi_autoproxy._http.clients import TransportChoice
 from asgi_autoproxy._pipeline import ProxyRequest
 from asgi_autoproxy._routes import Route
-from asgi_autoproxy._shutdown import InFlightRequests, close_backend
-from asgi_autoproxy._sse import error_event
+from asgi_autoproxy._shutdown import LAST_WORDS_WAIT, InFlightRequests, close_backend, cut_short
 from asgi_autoproxy._telemetry import TelemetryOptions, build_telemetry, log_startup
 from asgi_autoproxy._telemetry.cost import request_cost
 from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
-from asgi_autoproxy.errors import (
-    server_shutting_down,
-)
+from asgi_autoproxy.errors import server_shutting_down
 from asgi_autoproxy.observability import RequestHook, RequestReporter
 from asgi_autoproxy.providers.base import Provider
 
 logger = logging.getLogger("asgi_autoproxy")
 
-# Generated ids: random per process, then a counter: unique without a syscall each.
-_ID_PREFIX = os.urandom(8).hex()
-_id_counter = itertools.count(1)
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 DEFAULT_SHUTDOWN_GRACE = 30.0
-_LAST_WORDS_WAIT = 1.0
-"""How long a request cancelled from outside may take to send its 503 or error event."""
 
 
 class _Default:
@@ -263,7 +239,7 @@ class AutoProxyMiddleware:
     async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """One request, tracked for graceful shutdown and reported once it ends."""
         headers = RequestHeaders(scope["headers"])
-        call = Call(request_id=_request_id(headers.request_id, headers.credential), send=send)
+        call = Call(request_id=request_id(headers.request_id, headers.credential), send=send)
         if self._closed:  # no new client, no upstream call: say so, in OpenAI's shape
             await send_error(call, server_shutting_down())
             return
@@ -279,12 +255,12 @@ class AutoProxyMiddleware:
             # (uvicorn past --timeout-graceful-shutdown), which would answer a bare
             # text/plain 500 or end a stream without a word. Say so first (best effort,
             # briefly: a caller that has gone gets nothing), then let the cancel go on.
-            with anyio.move_on_after(_LAST_WORDS_WAIT, shield=True):
+            with anyio.move_on_after(LAST_WORDS_WAIT, shield=True):
                 with contextlib.suppress(Exception):
-                    await self._cut_short(call)
+                    await cut_short(call)
             raise
         if cut:
-            await self._cut_short(call)
+            await cut_short(call)
         if self._reporter.enabled or telemetry is not None:
             record = call.trace.record(
                 request_id=call.request_id,
@@ -307,21 +283,3 @@ class AutoProxyMiddleware:
             )
 
         await self._pipeline.serve(ProxyRequest(route, scope, headers, receive, body), call)
-
-    async def _cut_short(self, call: Call) -> None:
-        if call.trace.completed:
-            return  # the answer went out whole before the cut
-        error = server_shutting_down()
-        call.trace.error = error.code
-        if call.trace.streaming:
-            await call.end_stream(error_event(error.to_dict()))
-        elif not call.started:
-            await send_error(call, error)
-
-
-def _request_id(given: str | None, credential: str | None) -> str:
-    """The caller's id when usable, else a new one. The id is echoed, logged and sent
-    upstream, so one that looks like a key (pasted into the wrong header) is replaced."""
-    if given is not None and _REQUEST_ID.fullmatch(given) and not looks_like_key(given, credential):
-        return given
-    return f"{_ID_PREFIX}{next(_id_counter):016x}"

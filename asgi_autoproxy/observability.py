@@ -100,7 +100,8 @@ class RequestRecord:
     route: str
     """Which of the proxy's routes: auto, chat, completion or models."""
     endpoint: str | None
-    """The upstream endpoint (chat or completion) once the request was understood."""
+    """The upstream endpoint (chat, completion or chat_via_responses) once the request
+    was understood."""
     model: str | None
     provider: str | None
     """The provider that answered; None when none did (cache hit, refused, unreachable)."""

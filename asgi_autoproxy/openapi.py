@@ -189,14 +189,36 @@ def _model(*refused: str) -> dict[str, Any]:
     """A model name; ``/auto`` refuses the built-in catalog's models of the ``refused``
     flavours for this body shape, so a schema-valid request never meets that 400."""
     globs = [glob for glob, flavor in BUILTIN_CATALOG.items() if flavor in refused]
-    # Globs as ECMA-262 patterns: the catalog's only wildcard is `*`.
-    patterns = ["^" + ".*".join(map(_ecma_escape, glob.split("*"))) + "$" for glob in globs]
+    patterns = [_glob_pattern(glob) for glob in globs]
     return {
         "type": "string",
         "minLength": 1,
         "pattern": "[^ \\t\\r\\n]",
         "not": {"anyOf": [{"pattern": pattern} for pattern in patterns]},
     }
+
+
+def _glob_pattern(glob: str) -> str:
+    """A catalog glob (fnmatch: ``*``, ``?``, ``[0-9]``, ``[!0-9]``) as an ECMA-262 pattern."""
+    out = ["^"]
+    position = 0
+    while position < len(glob):
+        ch = glob[position]
+        end = glob.find("]", position + 2) if ch == "[" else -1
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif end != -1:
+            inside = glob[position + 1 : end]
+            negate = inside.startswith("!")
+            body = inside[1:] if negate else inside
+            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
+            position = end
+        else:
+            out.append(_ecma_escape(ch))
+        position += 1
+    return "".join(out) + "$"
 
 
 def _ecma_escape(text: str) -> str:
@@ -256,7 +278,7 @@ def _components() -> dict[str, Any]:
                 "required": ["model", "prompt"],
                 "properties": {
                     **common,
-                    "model": _model("embedding", "chat"),
+                    "model": _model("embedding", "chat", "responses"),
                     "prompt": {
                         "anyOf": [
                             {"type": "string"},

@@ -1,7 +1,8 @@
-"""Which API flavour a model speaks: chat, completion or embedding.
+"""Which API flavour a model speaks: chat, completion, embedding or responses.
 
-``/auto`` needs this to pick between ``chat/completions`` and ``completions``. Exact
-names win over glob patterns, and user entries win over the built-in ones.
+``/auto`` needs this to pick between ``chat/completions`` and ``completions``, and to
+know the models that only the Responses API serves (their chat requests are translated).
+Exact names win over glob patterns, and user entries win over the built-in ones.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Literal, get_args
 
 from asgi_autoproxy._routing.pricing import Price
 
-ModelFlavor = Literal["chat", "completion", "embedding"]
+ModelFlavor = Literal["chat", "completion", "embedding", "responses"]
 FLAVORS: frozenset[str] = frozenset(get_args(ModelFlavor))
 
 BUILTIN_CATALOG: Mapping[str, ModelFlavor] = {
@@ -29,6 +30,15 @@ BUILTIN_CATALOG: Mapping[str, ModelFlavor] = {
     "davinci-002": "completion",
     "babbage-002": "completion",
     "text-davinci-*": "completion",
+    # OpenAI models served only by the Responses API: chat requests for them are
+    # translated. Before the chat globs below, which would claim them.
+    "o1-pro*": "responses",
+    "o3-pro*": "responses",
+    "gpt-5-pro*": "responses",
+    "gpt-5*-codex*": "responses",
+    "gpt-5.[3-9]": "responses",  # gpt-5.3 and newer
+    "gpt-5.[3-9][!0-9]*": "responses",
+    "gpt-5.[1-9][0-9]*": "responses",  # gpt-5.10 and on
     # OpenAI chat models.
     "gpt-3.5-turbo": "chat",
     "gpt-3.5-turbo-*": "chat",
@@ -123,7 +133,7 @@ class ModelCatalog:
         return self._prices.get(model)
 
     def known_models(self) -> list[str]:
-        """Exact (non-glob) chat and completion model names, for ``GET /models``."""
+        """Exact (non-glob) chat, completion and responses model names, for ``GET /models``."""
         names: dict[str, None] = {}
         for exact, _ in self._layers:
             for name, flavor in exact.items():

@@ -1,4 +1,5 @@
-"""Where a request goes: which endpoint (chat or completion) and which providers."""
+"""Where a request goes: which endpoint (chat, completion, or chat through the Responses
+API for the models only it serves) and which providers."""
 
 from __future__ import annotations
 
@@ -52,16 +53,30 @@ class ModelRouter:
             if "prompt" in payload:
                 return "completion"
             raise unsupported_model(model)
-        field = "messages" if flavor == "chat" else "prompt"
+        field = "prompt" if flavor == "completion" else "messages"
         if field not in payload:
             raise bad_request(
                 f"{model} is a {flavor} model: send `{field}` in the request body.", param=field
             )
-        return flavor
+        return "chat_via_responses" if flavor == "responses" else flavor
+
+    def chat_endpoint(self, model: str) -> Endpoint:
+        """For ``/chat/completions``: chat, translated to the Responses API for the models
+        that only it serves."""
+        return "chat_via_responses" if self.catalog.flavor(model) == "responses" else "chat"
 
     def candidates(self, model: str, endpoint: Endpoint) -> list[Provider]:
         """Providers that serve ``model`` on ``endpoint``, in configured order."""
         found = [p for p, served in self._served if endpoint in served and p.serves(model)]
+        if not found and endpoint == "chat_via_responses":
+            raise bad_request(
+                f"Model {model!r} is served only by the Responses API (catalog flavour "
+                "'responses'), and no configured OpenAIProvider or AzureOpenAIProvider that "
+                "serves chat serves it. If your upstream answers it as chat, set "
+                f"model_catalog={{{model!r}: 'chat'}}.",
+                param="model",
+                code="endpoint_not_supported",
+            )
         if not found:
             elsewhere = sorted({p.name for p in self.providers if p.serves(model)})
             if elsewhere:

@@ -23,6 +23,7 @@ from asgi_autoproxy.observability import TokenUsage
 ANSWER_FIELDS: Mapping[str, tuple[str, type]] = {
     "chat": ("choices", list),
     "completion": ("choices", list),
+    "chat_via_responses": ("choices", list),  # translated to chat by the provider
 }
 
 

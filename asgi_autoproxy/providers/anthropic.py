@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import httpx
 
 from asgi_autoproxy import _json
-from asgi_autoproxy._sse import EventSplitter, event_data, event_name
-from asgi_autoproxy.errors import ResponseTooLarge
+from asgi_autoproxy.providers._translated_stream import (
+    EVENT_STREAM,
+    completion_as_stream,
+    translated_events,
+)
 from asgi_autoproxy.providers.anthropic_request import DEFAULT_MAX_TOKENS, to_messages_request
 from asgi_autoproxy.providers.anthropic_response import (
     StreamTranslator,
@@ -23,7 +26,6 @@ ANTHROPIC_VERSION = "2023-06-01"
 """Pinned: newer API versions drop ``temperature`` and ``top_p``, which callers send."""
 
 _JSON = ("content-type", "application/json")
-_EVENT_STREAM = ("content-type", "text/event-stream")
 
 
 class AnthropicProvider(HTTPProvider):
@@ -77,8 +79,8 @@ class AnthropicProvider(HTTPProvider):
             )
             return UpstreamResponse(
                 status=200,
-                headers=[*passed, _EVENT_STREAM],
-                chunks=_translated_events(answer.chunks, translator, request.max_event_size),
+                headers=[*passed, EVENT_STREAM],
+                chunks=translated_events(answer.chunks, translator, request.max_event_size),
                 aclose=answer.aclose,
                 called=answer.called,
             )
@@ -110,61 +112,5 @@ class AnthropicProvider(HTTPProvider):
             )
         if request.stream:
             # Asked for a stream, got a whole message: answer as a one-chunk stream.
-            return _as_stream(body, passed)
+            return completion_as_stream(body, passed, called=called)
         return UpstreamResponse.from_bytes(200, body, [*passed, _JSON], called=called)
-
-
-async def _translated_events(
-    chunks: AsyncIterator[bytes], translator: StreamTranslator, max_event_size: int | None
-) -> AsyncIterator[bytes]:
-    splitter = EventSplitter(max_event_size)
-    async for chunk in chunks:
-        out: list[bytes] = []
-        too_large: ResponseTooLarge | None = None
-        try:
-            found = splitter.feed(chunk)
-        except ResponseTooLarge as exceeded:  # translate the events before it first
-            found, too_large = exceeded.events, exceeded
-        for event in found:
-            data = event_data(event)
-            if not data:
-                continue
-            try:
-                parsed = _json.loads(data)
-            except _json.JSONDecodeError:
-                continue
-            if not isinstance(parsed, dict):
-                continue
-            name = event_name(event)
-            if name is not None and "type" not in parsed:
-                parsed["type"] = name.decode("latin-1")
-            out.append(translator.feed(parsed))
-            if translator.finished:
-                break
-        if out:
-            yield b"".join(out)
-        if translator.finished:
-            return
-        if too_large is not None:
-            raise too_large
-
-
-def _as_stream(completion: bytes, headers: list[tuple[str, str]]) -> UpstreamResponse:
-    whole = _json.loads(completion)
-    choice = whole["choices"][0]
-    for position, call in enumerate(choice["message"].get("tool_calls", [])):
-        call["index"] = position  # chunks' tool calls carry an index
-    chunk = {
-        **{k: whole[k] for k in ("id", "created", "model", "usage")},
-        "object": "chat.completion.chunk",
-        "choices": [
-            {
-                "index": 0,
-                "delta": choice["message"],
-                "finish_reason": choice["finish_reason"],
-                "logprobs": None,
-            }
-        ],
-    }
-    body = b"data: " + _json.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
-    return UpstreamResponse.from_bytes(200, body, [*headers, _EVENT_STREAM])

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import httpx
 
 from asgi_autoproxy.errors import bad_request
+from asgi_autoproxy.providers import chat_via_responses
 from asgi_autoproxy.providers.base import (
     ENDPOINT_PATHS,
     Endpoint,
@@ -29,6 +30,10 @@ class AzureOpenAIProvider(HTTPProvider):
     ``deployments`` maps model names to deployment names; a model not in it goes to the
     deployment of the same name. ``models`` defaults to the mapping's keys, or to every
     model when there is no mapping. With ``api_key=None`` the caller's key goes upstream.
+
+    Chat requests for a model the catalog marks ``responses`` go, translated, to the
+    resource's v1 Responses API, ``{endpoint}/openai/v1/responses``, which takes the
+    deployment name as the body's ``model`` and no ``api-version``.
     """
 
     def __init__(
@@ -49,7 +54,7 @@ class AzureOpenAIProvider(HTTPProvider):
             models=tuple(deployments or {}) or ("*",) if models is None else models,
             name=name,
             headers=headers,
-            endpoints=endpoints,
+            endpoints=chat_via_responses.with_responses(endpoints),
             url_hint="the resource's absolute URL, e.g. 'https://my-resource.openai.azure.com'",
         )
         if not api_version:
@@ -63,7 +68,7 @@ class AzureOpenAIProvider(HTTPProvider):
 
     _url_keyword = "endpoint"
 
-    def url(self, model: str, endpoint: Endpoint) -> httpx.URL:
+    def _deployment(self, model: str) -> str:
         deployment = self._deployments.get(model, model)
         if not _DEPLOYMENT.fullmatch(deployment):
             raise bad_request(
@@ -71,6 +76,12 @@ class AzureOpenAIProvider(HTTPProvider):
                 "AzureOpenAIProvider(deployments={...}) for it.",
                 param="model",
             )
+        return deployment
+
+    def url(self, model: str, endpoint: Endpoint) -> httpx.URL:
+        deployment = self._deployment(model)
+        if endpoint == "chat_via_responses":
+            return httpx.URL(f"{self.endpoint}/openai/v1/responses")
         return httpx.URL(
             f"{self.endpoint}/openai/deployments/{deployment}/{ENDPOINT_PATHS[endpoint]}",
             params={"api-version": self._api_version},
@@ -82,4 +93,11 @@ class AzureOpenAIProvider(HTTPProvider):
         if key:
             headers["api-key"] = key
         url = self.url(request.model, request.endpoint)
+        if request.endpoint == "chat_via_responses":
+
+            async def post(body: bytes) -> UpstreamResponse:
+                return await self.post(client, url, headers, body)
+
+            model = self._deployment(request.model)
+            return await chat_via_responses.send(post, request, model=model)
         return await self.post(client, url, headers, request.body)

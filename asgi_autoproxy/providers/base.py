@@ -15,8 +15,14 @@ from asgi_autoproxy._http.clients import direct_lane
 from asgi_autoproxy._http.decoding import decoded_chunks
 from asgi_autoproxy.errors import ResponseTooLarge
 
-Endpoint = Literal["chat", "completion"]
-ENDPOINT_PATHS: dict[Endpoint, str] = {"chat": "chat/completions", "completion": "completions"}
+Endpoint = Literal["chat", "completion", "chat_via_responses"]
+"""The upstream API a request goes to. ``chat_via_responses``: a chat request for a model
+that only the Responses API serves, translated both ways by the provider."""
+ENDPOINT_PATHS: dict[Endpoint, str] = {
+    "chat": "chat/completions",
+    "completion": "completions",
+    "chat_via_responses": "responses",
+}
 
 
 @dataclass(slots=True)

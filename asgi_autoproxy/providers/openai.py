@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import httpx
 
+from asgi_autoproxy.providers import chat_via_responses
 from asgi_autoproxy.providers.base import (
     ENDPOINT_PATHS,
     Endpoint,
@@ -17,7 +18,8 @@ from asgi_autoproxy.providers.base import (
 
 class OpenAIProvider(HTTPProvider):
     """Forwards the caller's JSON body, unchanged, to ``{base_url}/chat/completions`` or
-    ``{base_url}/completions``.
+    ``{base_url}/completions``. Chat requests for a model the catalog marks ``responses``
+    go to ``{base_url}/responses``, translated both ways.
 
     With ``api_key=None`` the caller's own bearer key goes upstream (pass-through);
     otherwise the server-side key does and the caller's never leaves the proxy.
@@ -39,7 +41,7 @@ class OpenAIProvider(HTTPProvider):
             models=models,
             name=name,
             headers=headers,
-            endpoints=endpoints,
+            endpoints=chat_via_responses.with_responses(endpoints),
         )
         self.base_url = base_url.rstrip("/")
         # Percent-encoded once, as httpx would on every request.
@@ -52,4 +54,11 @@ class OpenAIProvider(HTTPProvider):
         key = self.key_for(request.credential)
         if key:
             headers["authorization"] = f"Bearer {key}"
-        return await self.post(client, self._urls[request.endpoint], headers, request.body)
+        url = self._urls[request.endpoint]
+        if request.endpoint == "chat_via_responses":
+
+            async def post(body: bytes) -> UpstreamResponse:
+                return await self.post(client, url, headers, body)
+
+            return await chat_via_responses.send(post, request, model=request.model)
+        return await self.post(client, url, headers, request.body)

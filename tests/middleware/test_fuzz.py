@@ -98,6 +98,8 @@ models = st.sampled_from(
     [
         "gpt-4o-mini",
         "gpt-3.5-turbo-instruct",
+        "o3-pro",  # served only by /responses: chat requests for it are translated
+        "gpt-5.3-codex",
         "text-embedding-3-small",
         "http://evil.invalid/x",
         "",
