@@ -14,9 +14,12 @@ from asgi_lifespan import LifespanManager
 
 from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, RequestRecord, TokenUsage
 from asgi_autoproxy._routing.pricing import Price
-from tests.conftest import CALLER_KEY, MakeProxy, chat_body
+from tests.conftest import CALLER_KEY, MakeProxy, chat_body, inner_app
+from tests.fake_responses import USAGE as RESPONSES_USAGE
+from tests.fake_responses import FakeResponses
 from tests.fake_upstream import FakeUpstream
 from tests.processes import free_port
+from tests.servers import ServerThread
 
 pytestmark = pytest.mark.anyio
 
@@ -169,3 +172,32 @@ async def test_stream_usage_false_sends_the_body_unchanged(
         await http.post("/v1/proxy/auto", content=raw(body))
     assert upstream.requests[0].body == raw(body)
     assert records[0].usage is None
+
+
+async def test_a_translated_responses_stream_reports_usage_without_the_extra_chunk() -> None:
+    fake = FakeResponses()
+    server = ServerThread(fake)
+    server.start()
+    records: list[RequestRecord] = []
+    try:
+        provider = OpenAIProvider(base_url=server.url + "/v1", api_key="sk-server-0123", name="oa")
+        proxy = AutoProxyMiddleware(
+            inner_app(), providers=[provider], allow_anonymous=True, on_request=records.append
+        )
+        transport = httpx.ASGITransport(app=proxy)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            body = {
+                "model": "o3-pro",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+            }
+            response = await http.post("/v1/proxy/chat/completions", json=body)
+        await proxy.aclose()
+    finally:
+        server.stop()
+    chunks = [json.loads(e[6:]) for e in response.text.split("\n\n") if e.startswith("data: {")]
+    assert chunks and all(c["choices"] for c in chunks)  # the usage chunk was the proxy's
+    (record,) = records
+    assert record.usage is not None
+    assert record.usage.total_tokens == RESPONSES_USAGE["total_tokens"]
+    assert record.usage.reasoning_tokens is not None
