@@ -451,8 +451,9 @@ def check_config(argv: Sequence[str]) -> int:
     options = command.parse_args(["--config", args.file])
     try:
         gateway = load_gateway(args.file, os.environ)
-        apply_file_settings(options, gateway, given_settings(command, [], os.environ))
-        build_gateway_app(options, gateway, set())
+        given = given_settings(command, [], os.environ)
+        apply_file_settings(options, gateway, given)
+        build_gateway_app(options, gateway, given)
     except (ValueError, TypeError) as error:
         print(f"asgi-autoproxy: error: {_in_file(args.file, error)}", file=sys.stderr)
         return 2

@@ -144,6 +144,8 @@ class AutoProxyMiddleware:
         )
         self._metrics = None if self._telemetry is None else self._telemetry.prometheus
         self._metrics_path = None if self._metrics is None else metrics_path
+        if self._metrics_path in self._routes:
+            raise ValueError(f"metrics_path {metrics_path!r} is one of the proxy's own routes")
         log_startup(path, self.router.providers, self.cache, self._telemetry)
 
     # -- ASGI entry point -------------------------------------------------------------

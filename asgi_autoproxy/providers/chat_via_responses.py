@@ -57,10 +57,8 @@ async def send(
     passed = [(k, v) for k, v in answer.headers if k != "content-type"]
     created = int(time.time())
     if request.stream and answer.is_event_stream:
-        # The proxy's own request for usage (stream_usage.py) too: the relay strips it.
-        include_usage = translated.include_usage or request.usage_requested
         translator = StreamTranslator(
-            model=request.model, created=created, include_usage=include_usage
+            model=request.model, created=created, include_usage=translated.include_usage
         )
         return UpstreamResponse(
             status=200,

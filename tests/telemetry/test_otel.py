@@ -406,6 +406,8 @@ def test_telemetry_keywords_are_checked_at_start_up() -> None:
         make(metrics_token="t")
     with pytest.raises(ValueError, match="metrics_path must start with '/'"):
         make(metrics_path="metrics")
+    with pytest.raises(ValueError, match="one of the proxy's own routes"):
+        make(metrics_path="/v1/proxy/models")
 
 
 _OFF_CHECK = """
