@@ -17,6 +17,7 @@ from asgi_autoproxy._cache.policy import MAX_TTL, MIN_TTL
 from asgi_autoproxy._cache.store import ResponseCache
 from asgi_autoproxy._deadline import Deadline
 from asgi_autoproxy._gate.auth import Authenticate, CallerAuth
+from asgi_autoproxy._gate.credentials import TemporaryCredentials
 from asgi_autoproxy._gate.limits import RateLimit, RequestLimits
 from asgi_autoproxy._http.clients import (
     DEFAULT_TIMEOUT,
@@ -26,7 +27,8 @@ from asgi_autoproxy._http.clients import (
 )
 from asgi_autoproxy._pipeline import Pipeline
 from asgi_autoproxy._relay import Relay
-from asgi_autoproxy._routes import Route, route_table
+from asgi_autoproxy._routes import RouteTable, route_table
+from asgi_autoproxy._routing.catalog import CatalogSource
 from asgi_autoproxy._routing.model_router import ModelRouter
 from asgi_autoproxy._upstream.dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
 from asgi_autoproxy._upstream.redact import provider_secrets
@@ -37,7 +39,7 @@ from asgi_autoproxy.providers.base import Provider
 @dataclass(slots=True)
 class Assembly:
     pipeline: Pipeline
-    routes: dict[str, Route]
+    routes: RouteTable
     """Full path to the row that serves it."""
     clients: SharedClients
     cache: ResponseCache | None
@@ -49,7 +51,7 @@ def assemble(
     *,
     providers: Sequence[Provider],
     path: str,
-    model_catalog: Mapping[str, str] | None,
+    model_catalog: CatalogSource | None,
     sibling_routes: bool,
     limits: Limits,
     timeout: float | httpx.Timeout | None,
@@ -67,6 +69,7 @@ def assemble(
     rate_limit: RateLimit | None,
     http_transport: TransportChoice,
     stream_usage: bool = True,
+    credentials: TemporaryCredentials | None = None,
 ) -> Assembly:
     if not path.startswith("/") or path.endswith("/"):
         raise ValueError(f"path must start with '/' and not end with one, got {path!r}")
@@ -78,6 +81,7 @@ def assemble(
         authenticate=authenticate,
         api_keys=api_keys,
         allow_anonymous=allow_anonymous,
+        credentials=credentials,
     )
     request_limits = RequestLimits(
         max_header_count=limits.max_header_count,
@@ -139,7 +143,7 @@ def assemble(
     )
     return Assembly(
         pipeline=pipeline,
-        routes=route_table(path, siblings=sibling_routes),
+        routes=route_table(path, siblings=sibling_routes, credentials=credentials),
         clients=clients,
         cache=store,
         max_body_size=limits.max_body_size,

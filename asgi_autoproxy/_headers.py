@@ -80,8 +80,11 @@ def replayed_on_hits(headers: Iterable[tuple[bytes, bytes]]) -> tuple[tuple[byte
 
 
 # How common provider keys start (OpenAI's and Anthropic's sk-, Google's AIza, Groq's
-# gsk_, xAI's xai-, Hugging Face's hf_, AWS's AKIA...). Compared in lower case.
-_KEY_PREFIXES = ("sk-", "sk_", "rk_", "aiza", "akia", "gsk_", "xai-", "hf_", "pplx-", "r8_")
+# gsk_, xAI's xai-, Hugging Face's hf_, AWS's AKIA...), and a JWT's eyJ (a temporary
+# credential, or any bearer JWT). Compared in lower case.
+_KEY_PREFIXES = (
+    "sk-", "sk_", "rk_", "aiza", "akia", "gsk_", "xai-", "hf_", "pplx-", "r8_", "eyj",
+)  # fmt: skip
 
 
 def looks_like_key(value: str, credential: str | None) -> bool:

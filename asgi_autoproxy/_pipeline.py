@@ -105,6 +105,11 @@ class Pipeline:
                 await send_json(call, 200, _json.dumps(route.answer(self.router)))
                 return
             body = await request.read_body()
+            if route.reply is not None:  # answered here, from the parsed body (/credentials)
+                assert route.parse is not None
+                reply = route.reply(route.parse(body, self._limits.max_json_depth), caller)
+                await send_json(call, 200, _json.dumps(reply))
+                return
             # -- cache, first by the plan remembered for these very bytes (no parsing)
             cache = self.cache if route.cacheable else None
             digest = remembered = None
@@ -112,7 +117,9 @@ class Pipeline:
                 has_key = caller.credential is not None
                 digest = cache.digest(route.name, caller.cache_scope, has_key, headers, body)
                 remembered = cache.plan_memo.get(digest)
-                if remembered is not None:
+                # A token's models hold on hits too: a plan remembered for another caller
+                # of the same issuer is no way around them.
+                if remembered is not None and caller.allows(remembered.model):
                     entry = await cache.hit(remembered)
                     if entry is not None:
                         call.trace.model = remembered.model
@@ -123,6 +130,7 @@ class Pipeline:
             assert route.parse is not None and route.endpoint is not None
             payload = route.parse(body, self._limits.max_json_depth)
             model = payload["model"]
+            caller.check_model(model)  # a temporary credential's models: 403 for others
             endpoint: Endpoint = route.endpoint(self.router, model, payload)
             candidates = self.router.candidates(model, endpoint)
             credential = caller.credential
@@ -161,6 +169,8 @@ class Pipeline:
                     cache.plan_memo.put(digest, plan)
             # The remembered plan's entry was just looked up, and missed: no second look.
             looked_up = remembered is not None and plan is not None and remembered.key == plan.key
+            # After the plan: entries are keyed on what the caller sent (_routing/params.py).
+            upstream = self.router.rewrite(upstream)
             await self._answer(call, candidates, upstream, plan, request.receive, looked_up)
         except ClientDisconnected:
             return
@@ -181,6 +191,7 @@ class Pipeline:
     ) -> None:
         """Serve from the cache, join an identical request in flight, or call upstream."""
         call.trace.model, call.trace.endpoint = request.model, request.endpoint
+        call.trace.price = self.router.catalog.price(request.model)
         tee: Tee | None = None
         if plan is not None:
             cache = self.cache

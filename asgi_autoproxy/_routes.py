@@ -8,15 +8,18 @@ Adding a route means adding a row here, not a branch in the middleware.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from asgi_autoproxy import _json
+from asgi_autoproxy._gate.auth import Caller
+from asgi_autoproxy._gate.credentials import TemporaryCredentials, parse_credential_request
 from asgi_autoproxy._gate.limits import check_json_depth, exceeds_parser_depth, too_deep
 from asgi_autoproxy._routing.model_router import ModelRouter
-from asgi_autoproxy.errors import bad_request
+from asgi_autoproxy.errors import ProxyError, bad_request
 from asgi_autoproxy.providers.base import Endpoint
 
 ChooseEndpoint = Callable[[ModelRouter, str, Mapping[str, Any]], Endpoint]
@@ -25,6 +28,10 @@ ParsePayload = Callable[[bytes, int], dict[str, Any]]
 """The request body, validated: from its bytes and the JSON depth limit."""
 LocalAnswer = Callable[[ModelRouter], dict[str, Any]]
 """A JSON answer the proxy gives by itself, with no upstream call."""
+ParamAnswer = Callable[[ModelRouter, str], dict[str, Any]]
+"""A ``LocalAnswer`` for a path-parameter row: also given the path's last part."""
+LocalReply = Callable[[dict[str, Any], Caller], dict[str, Any]]
+"""A JSON answer the proxy gives by itself to a parsed body, knowing who asked."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,13 +48,41 @@ class Route:
     cacheable: bool = True
     """Whether the cache rules apply (deterministic requests, or the caller's headers)."""
     answer: LocalAnswer | None = None
-    """Set where the proxy answers by itself (``/models``)."""
+    """Set where the proxy answers by itself, before any body is read (``/models``)."""
+    reply: LocalReply | None = None
+    """Set where the proxy answers the parsed body by itself (``/credentials``)."""
+    answer_for: ParamAnswer | None = None
+    """Set on a path-parameter row (``/models/{id}``): ``suffix`` ends in ``/`` and
+    matches as a prefix, and the rest of the path is handed to this."""
+
+    def bound(self, parameter: str) -> Route:
+        """This path-parameter row with its parameter filled in, as a plain row."""
+        assert self.answer_for is not None
+        answer_for = self.answer_for
+        return dataclasses.replace(
+            self, answer=lambda router: answer_for(router, parameter), answer_for=None
+        )
 
 
 def parse_openai_payload(body: bytes, max_depth: int) -> dict[str, Any]:
     """An OpenAI request body: a JSON object with a string ``model``, each key once."""
     if not body:
         raise bad_request("Request body is empty; send a JSON object with a 'model'.")
+    payload = _json_object(body, max_depth)
+    model = payload.get("model")
+    if model is None:
+        raise bad_request("Missing required field 'model'.", param="model")
+    # ASCII blanks only: the OpenAPI pattern must mean the same in every regex dialect.
+    if not isinstance(model, str) or not model.strip(" \t\r\n"):
+        raise bad_request("Field 'model' must be a non-empty string.", param="model")
+    stream = payload.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("Field 'stream' must be true or false.", param="stream")
+    return payload
+
+
+def _json_object(body: bytes, max_depth: int) -> dict[str, Any]:
+    """A JSON object, each key once, no deeper than ``max_depth``; else a 400."""
     try:
         parsed = _json.loads(body)
         if isinstance(parsed, dict):
@@ -68,16 +103,41 @@ def parse_openai_payload(body: bytes, max_depth: int) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise bad_request("Request body must be a JSON object.", code="invalid_json")
     payload: dict[str, Any] = parsed
-    model = payload.get("model")
-    if model is None:
-        raise bad_request("Missing required field 'model'.", param="model")
-    # ASCII blanks only: the OpenAPI pattern must mean the same in every regex dialect.
-    if not isinstance(model, str) or not model.strip(" \t\r\n"):
-        raise bad_request("Field 'model' must be a non-empty string.", param="model")
-    stream = payload.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request("Field 'stream' must be true or false.", param="stream")
     return payload
+
+
+def _credentials_body(body: bytes, max_depth: int) -> dict[str, Any]:
+    """A ``/credentials`` body: a JSON object; empty means every default."""
+    return _json_object(body, max_depth) if body.strip() else {}
+
+
+def _issue_with(credentials: TemporaryCredentials) -> LocalReply:
+    def issue(payload: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        if caller.grant is not None:
+            # Else a token could renew itself for ever, or widen its own models.
+            raise ProxyError(
+                403,
+                "A temporary credential cannot ask for credentials; use a long-lived key.",
+                type="permission_error",
+                code="credential_not_allowed",
+            )
+        wanted = parse_credential_request(payload)
+        token = credentials.issue(caller.id, models=wanted.models, ttl_seconds=wanted.ttl_seconds)
+        return {"key": token}
+
+    return issue
+
+
+def credentials_route(credentials: TemporaryCredentials) -> Route:
+    """``POST {prefix}/credentials``: a temporary credential for the calling caller."""
+    return Route(
+        name="credentials",
+        suffix="/credentials",
+        method="POST",
+        parse=_credentials_body,
+        cacheable=False,
+        reply=_issue_with(credentials),
+    )
 
 
 def _by_model(router: ModelRouter, model: str, payload: Mapping[str, Any]) -> Endpoint:
@@ -106,6 +166,22 @@ def _model_list(router: ModelRouter) -> dict[str, Any]:
     }
 
 
+def _model_object(router: ModelRouter, model: str) -> dict[str, Any]:
+    """One model, as OpenAI's ``GET /models/{model}`` answers; 404 in OpenAI's shape
+    for a model no configured provider serves or the catalog does not know."""
+    owner = router.listed_models().get(model)
+    if owner is None and router.catalog.flavor(model) is not None:
+        owner = next((p.name for p in router.providers if p.serves(model)), None)
+    if owner is None:
+        raise ProxyError(
+            404,
+            f"The model '{model[:200]}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    return {"id": model, "object": "model", "created": int(time.time()), "owned_by": owner}
+
+
 AUTO = Route(
     name="auto", suffix="/auto", method="POST", parse=parse_openai_payload, endpoint=_by_model
 )
@@ -126,14 +202,40 @@ SIBLINGS = (
         endpoint=_always("completion"),
     ),
     Route(name="models", suffix="/models", method="GET", cacheable=False, answer=_model_list),
+    Route(name="model", suffix="/models/", method="GET", cacheable=False, answer_for=_model_object),
 )
 """Served beside ``/auto``, under its prefix, unless ``sibling_routes=False``."""
 
 
-def route_table(path: str, *, siblings: bool) -> dict[str, Route]:
-    """Full path to row; ``path`` is where ``/auto`` is served."""
-    table = {path: AUTO}
+class RouteTable:
+    """Full path to row: exact paths first, then path-parameter rows by prefix."""
+
+    __slots__ = ("_exact", "_prefixed")
+
+    def __init__(self, rows: Mapping[str, Route]) -> None:
+        self._exact = {path: r for path, r in rows.items() if r.answer_for is None}
+        self._prefixed = tuple((path, r) for path, r in rows.items() if r.answer_for is not None)
+
+    def get(self, path: str) -> Route | None:
+        route = self._exact.get(path)
+        if route is not None or not self._prefixed:
+            return route
+        for prefix, row in self._prefixed:
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return row.bound(path[len(prefix) :])
+        return None
+
+
+def route_table(
+    path: str, *, siblings: bool, credentials: TemporaryCredentials | None = None
+) -> RouteTable:
+    """The routes served; ``path`` is where ``/auto`` is served. ``/credentials`` is served
+    wherever there is a secret to sign with, sibling routes or not."""
+    rows = {path: AUTO}
+    prefix = path.rsplit("/", 1)[0]
     if siblings:
-        prefix = path.rsplit("/", 1)[0]
-        table.update({prefix + route.suffix: route for route in SIBLINGS})
-    return table
+        rows.update({prefix + route.suffix: route for route in SIBLINGS})
+    if credentials is not None:
+        row = credentials_route(credentials)
+        rows[prefix + row.suffix] = row
+    return RouteTable(rows)

@@ -23,18 +23,20 @@ from asgi_autoproxy._cache.backends.memory import MemoryCache
 from asgi_autoproxy._cache.policy import DEFAULT_TTL
 from asgi_autoproxy._cache.store import CacheStats
 from asgi_autoproxy._call import Call, send_error
+from asgi_autoproxy._cors import CorsOrigin, CorsPolicy
+from asgi_autoproxy._gate import credentials as temporary
 from asgi_autoproxy._gate.auth import Authenticate
 from asgi_autoproxy._gate.limits import RateLimit
 from asgi_autoproxy._headers import RequestHeaders, request_id
 from asgi_autoproxy._http.clients import TransportChoice
 from asgi_autoproxy._pipeline import ProxyRequest
 from asgi_autoproxy._routes import Route
+from asgi_autoproxy._routing.catalog import CatalogSource
 from asgi_autoproxy._shutdown import LAST_WORDS_WAIT, InFlightRequests, close_backend, cut_short
 from asgi_autoproxy._telemetry import TelemetryOptions, build_telemetry, log_startup
-from asgi_autoproxy._telemetry.cost import request_cost
 from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
-from asgi_autoproxy.errors import server_shutting_down
+from asgi_autoproxy.errors import ProxyError, server_shutting_down
 from asgi_autoproxy.observability import RequestHook, RequestReporter
 from asgi_autoproxy.providers.base import Provider
 
@@ -63,7 +65,7 @@ class AutoProxyMiddleware:
         *,
         providers: Sequence[Provider],
         path: str = "/v1/proxy/auto",
-        model_catalog: Mapping[str, str] | None = None,
+        model_catalog: CatalogSource | None = None,
         sibling_routes: bool = True,
         limits: Limits | None = None,
         timeout: float | httpx.Timeout | None = None,
@@ -89,12 +91,28 @@ class AutoProxyMiddleware:
         capture_content: bool = False,
         metrics_path: str | None = None,
         metrics_token: str | None = None,
+        credentials_secret: str | None = None,
+        credentials_denylist: bool = False,
+        cors_origins: Sequence[CorsOrigin] | None = None,
+        cors_allow_credentials: bool = False,
         **moved: Unpack[MovedKeywords],
     ) -> None:
         # Checked, with the flat keywords of the last release applied (config.py).
         limits, cache_options = moved_keywords(moved, limits=limits, cache_options=cache_options)
         if shutdown_grace < 0:
             raise ValueError("shutdown_grace must be zero or more seconds")
+        backend = MemoryCache() if isinstance(cache, _Default) else cache
+        self._credentials = temporary.from_settings(
+            credentials_secret,
+            denylist=credentials_denylist,
+            store=backend,
+            timeout=cache_options.timeout,
+        )
+        self._cors = (
+            None
+            if cors_origins is None
+            else CorsPolicy(cors_origins, allow_credentials=cors_allow_credentials)
+        )
         parts = assemble(
             providers=providers,
             path=path,
@@ -103,7 +121,7 @@ class AutoProxyMiddleware:
             limits=limits,
             timeout=timeout,
             http_client=http_client,
-            cache=MemoryCache() if isinstance(cache, _Default) else cache,
+            cache=backend,
             cache_ttl=cache_ttl,
             cache_options=cache_options,
             load_balancing=load_balancing,
@@ -116,6 +134,7 @@ class AutoProxyMiddleware:
             rate_limit=rate_limit,
             http_transport=http_transport,
             stream_usage=stream_usage,
+            credentials=self._credentials,
         )
         self.app = app
         self._pipeline = parts.pipeline
@@ -144,7 +163,7 @@ class AutoProxyMiddleware:
         )
         self._metrics = None if self._telemetry is None else self._telemetry.prometheus
         self._metrics_path = None if self._metrics is None else metrics_path
-        if self._metrics_path in self._routes:
+        if self._metrics_path is not None and self._routes.get(self._metrics_path) is not None:
             raise ValueError(f"metrics_path {metrics_path!r} is one of the proxy's own routes")
         log_startup(path, self.router.providers, self.cache, self._telemetry)
 
@@ -156,6 +175,11 @@ class AutoProxyMiddleware:
             path = route_path(scope)
             route = self._routes.get(path)
             if route is not None:
+                if self._cors is not None:  # a preflight is answered there and then
+                    cors_send = await self._cors.gate(scope, route.method, send)
+                    if cors_send is None:
+                        return
+                    send = cors_send
                 await self._handle(route, scope, receive, send)
                 return
             if path == self._metrics_path and self._metrics is not None:
@@ -227,6 +251,35 @@ class AutoProxyMiddleware:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def issue_credential(
+        self, caller_id: str, *, model: str | Sequence[str] | None = None, ttl_seconds: int = 600
+    ) -> str:
+        """A temporary credential for ``caller_id``, as ``POST {prefix}/credentials``
+        gives one, for an app that decides who its callers are itself (a logged-in
+        page). ``model``: one name, several, or None for any."""
+        if self._credentials is None:
+            raise RuntimeError("temporary credentials are off: pass credentials_secret=")
+        if not isinstance(caller_id, str) or not caller_id:
+            raise ValueError("caller_id must be a non-empty string")
+        listed = model if model is None or isinstance(model, str) else list(model)
+        try:
+            wanted = temporary.parse_credential_request(
+                {"model": listed, "ttl_seconds": ttl_seconds}
+            )
+        except ProxyError as error:  # the route's 400, as the Python caller's ValueError
+            raise ValueError(error.message) from None
+        return self._credentials.issue(
+            caller_id, models=wanted.models, ttl_seconds=wanted.ttl_seconds
+        )
+
+    async def revoke_credential(self, token_or_jti: str) -> str:
+        """Refuse a temporary credential (the token, or its ``jti``) from now on, on every
+        instance that shares the cache backend; returns the ``jti``. Needs
+        ``credentials_denylist=True``."""
+        if self._credentials is None:
+            raise RuntimeError("temporary credentials are off: pass credentials_secret=")
+        return await self._credentials.revoke(token_or_jti)
+
     @property
     def closed(self) -> bool:
         """True once ``aclose()`` has finished."""
@@ -269,7 +322,7 @@ class AutoProxyMiddleware:
                 method=scope["method"],
                 route=route.name,
                 caller_id=None if call.caller is None else call.caller.id,
-                cost_usd=request_cost(call.trace, self.router.catalog),
+                credential_id=_credential_id(call),
             )
             if telemetry is not None:
                 telemetry.finish(call.trace.listener, record)
@@ -285,3 +338,8 @@ class AutoProxyMiddleware:
             )
 
         await self._pipeline.serve(ProxyRequest(route, scope, headers, receive, body), call)
+
+
+def _credential_id(call: Call) -> str | None:
+    grant = None if call.caller is None else call.caller.grant
+    return None if grant is None else grant.jti

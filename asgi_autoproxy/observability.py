@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
+from asgi_autoproxy._routing.pricing import Price
+
 CacheStatus = Literal["HIT", "MISS", "COALESCED"]
 AttemptOutcome = Literal[
     "ok",
@@ -41,10 +43,10 @@ class TokenUsage:
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
-    cached_input_tokens: int | None = None
-    """Prompt tokens read from the provider's prompt cache (billed cheaper)."""
+    cached_prompt_tokens: int | None = None
+    """Prompt tokens read from the provider's prompt cache (``prompt_tokens_details``)."""
     reasoning_tokens: int | None = None
-    """Completion tokens spent on hidden reasoning (o-series, reasoning models)."""
+    """Completion tokens spent on hidden reasoning (``completion_tokens_details``)."""
 
     @classmethod
     def parse(cls, usage: object) -> TokenUsage | None:
@@ -98,7 +100,7 @@ class RequestRecord:
     request_id: str
     method: str
     route: str
-    """Which of the proxy's routes: auto, chat, completion or models."""
+    """Which of the proxy's routes: auto, chat, completion, models or credentials."""
     endpoint: str | None
     """The upstream endpoint (chat, completion or chat_via_responses) once the request
     was understood."""
@@ -121,15 +123,17 @@ class RequestRecord:
     client_disconnected: bool
     """The caller left before the whole answer was sent."""
     caller_id: str | None
+    cost: float | None = None
+    """US dollars billed upstream for this request, from ``usage`` and the catalog's
+    price for the model; None when either is unknown (hits and followers included)."""
+    credential_id: str | None = None
+    """The ``jti`` of the temporary credential used, if one was (never the token itself)."""
     response_model: str | None = None
     """The model the upstream says answered (often a dated version of ``model``)."""
     finish_reason: str | None = None
     """Why the (first choice of the) answer ended: stop, length, tool_calls..."""
     attempts: tuple[Attempt, ...] = ()
     """Each upstream call made for this request; empty for hits and followers."""
-    cost_usd: float | None = None
-    """Dollars for ``usage`` at the catalog's price; 0.0 for a hit or a follower (no
-    upstream call); None when the model has no price or no usage was reported."""
 
     @property
     def time_to_first_chunk_s(self) -> float | None:
@@ -159,7 +163,7 @@ _USAGE_FIELDS = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
-    "cached_input_tokens",
+    "cached_prompt_tokens",
     "reasoning_tokens",
 )
 
@@ -187,6 +191,7 @@ class RequestTrace:
         "first_byte_at",
         "listener",
         "model",
+        "price",
         "provider",
         "response_model",
         "started_at",
@@ -200,6 +205,8 @@ class RequestTrace:
         self.first_byte_at: float | None = None
         self.endpoint: str | None = None
         self.model: str | None = None
+        self.price: Price | None = None
+        """The model's price, where the catalog knows it: gives the record its cost."""
         self.provider: str | None = None
         self.status: int | None = None
         self.streaming = False
@@ -250,7 +257,7 @@ class RequestTrace:
         method: str,
         route: str,
         caller_id: str | None,
-        cost_usd: float | None = None,
+        credential_id: str | None = None,
     ) -> RequestRecord:
         now = time.perf_counter()
         first = self.first_byte_at
@@ -270,10 +277,21 @@ class RequestTrace:
             error=self.error,
             client_disconnected=not self.completed,
             caller_id=caller_id,
+            credential_id=credential_id,
+            cost=self._cost(),
             response_model=self.response_model,
             finish_reason=self.finish_reason,
             attempts=() if self.attempts is None else tuple(self.attempts),
-            cost_usd=cost_usd,
+        )
+
+    def _cost(self) -> float | None:
+        usage, price = self.usage, self.price
+        if usage is None or price is None:
+            return None
+        return price.cost(
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            cached_input_tokens=usage.cached_prompt_tokens,
         )
 
 

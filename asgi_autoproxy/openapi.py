@@ -9,6 +9,7 @@ loosely on purpose: the proxy forwards fields it does not know.
 from __future__ import annotations
 
 import copy
+import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,7 +82,11 @@ def _proxy_responses() -> dict[str, Any]:
             "Malformed body, unknown model, nesting too deep, or a cache or "
             "x-bt-endpoint-name header value the proxy does not accept."
         ),
-        "401": _error("Missing or invalid API key.", "www-authenticate"),
+        "401": _error(
+            "Missing or invalid API key, or an expired, revoked or tampered temporary credential.",
+            "www-authenticate",
+        ),
+        "403": _error("A temporary credential used for a model it does not name."),
         "405": _error("Wrong method for this route."),
         "408": _error("The body did not arrive within the proxy's time limit."),
         "413": _error("Body larger than the proxy's limit."),
@@ -98,11 +103,13 @@ def openapi_document(
     *,
     sibling_routes: bool = True,
     endpoint_names: Sequence[str] | None = None,
+    credentials: bool = False,
 ) -> dict[str, Any]:
     """The description for a middleware built with the same ``path`` and
     ``sibling_routes``; serve it or feed it to an API tester. ``endpoint_names``: the
     providers' names, the values ``x-bt-endpoint-name`` accepts (any other is a 400);
-    without them the header is described as any string."""
+    without them the header is described as any string. ``credentials``: describe
+    ``POST {prefix}/credentials`` too (a middleware with a ``credentials_secret``)."""
     from asgi_autoproxy import __version__
 
     parameters = _request_headers(endpoint_names)
@@ -172,6 +179,37 @@ def openapi_document(
                 },
             }
         }
+        paths[f"{prefix}/models/{{model}}"] = {
+            "get": {
+                "tags": ["Proxy"],
+                "operationId": "proxymodel",
+                "summary": "Describe one model the proxy can route",
+                "description": "A model some configured provider serves and the catalog "
+                "knows, or lists by name; any other is a 404 in OpenAI's shape.",
+                "parameters": [
+                    {
+                        "name": "model",
+                        "in": "path",
+                        "required": True,
+                        "description": "The model's name; it may contain `/`.",
+                        "schema": {"type": "string", "minLength": 1},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The model, in OpenAI's shape.",
+                        "content": {_JSON: {"schema": _ref("Model")}},
+                    },
+                    "401": _error("Missing or invalid API key.", "www-authenticate"),
+                    "404": _error("No configured provider serves this model."),
+                    "405": _error("Wrong method for this route."),
+                    "429": _error("Caller over its rate limit.", "retry-after"),
+                    "431": _error("Too many or too large request headers."),
+                },
+            }
+        }
+    if credentials:
+        paths[f"{prefix}/credentials"] = _credentials_operation()
     return {
         "openapi": "3.1.0",
         "info": {
@@ -185,11 +223,93 @@ def openapi_document(
     }
 
 
+def _credentials_operation() -> dict[str, Any]:
+    from asgi_autoproxy._gate.credentials import DEFAULT_TTL, MAX_MODEL_LENGTH, MAX_MODELS, MAX_TTL
+
+    name = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_MODEL_LENGTH,
+        "pattern": "[^ \\t\\r\\n]",
+    }
+    return {
+        "post": {
+            "tags": ["Proxy"],
+            "operationId": "proxycredentials",
+            "summary": "Issue a temporary credential",
+            "description": "A short-lived signed token (a JWT) for the calling caller, usable "
+            "as a Bearer key on every route until it expires, for the models it names.",
+            "requestBody": {
+                "required": False,
+                "content": {
+                    _JSON: {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "model": {
+                                    "anyOf": [
+                                        name,
+                                        {
+                                            "type": "array",
+                                            "items": name,
+                                            "minItems": 1,
+                                            "maxItems": MAX_MODELS,
+                                        },
+                                        {"type": "null"},
+                                    ],
+                                    "description": "One model, several, or null for any.",
+                                },
+                                "ttl_seconds": {
+                                    "type": "integer",
+                                    "minimum": 1,
+                                    "maximum": MAX_TTL,
+                                    "default": DEFAULT_TTL,
+                                },
+                                "logging": {"description": "Accepted and ignored."},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "The temporary credential.",
+                    "headers": {"x-request-id": {"$ref": "#/components/headers/x-request-id"}},
+                    "content": {
+                        _JSON: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["key"],
+                                "properties": {"key": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "400": _error("Malformed body, or a model or ttl_seconds out of range."),
+                "401": _error("Missing or invalid API key.", "www-authenticate"),
+                "403": _error("A temporary credential cannot ask for another one."),
+                "405": _error("Wrong method for this route."),
+                "408": _error("The body did not arrive within the proxy's time limit."),
+                "413": _error("Body larger than the proxy's limit."),
+                "429": _error("Caller over its rate limit.", "retry-after"),
+                "431": _error("Too many or too large request headers."),
+                "503": _error(
+                    "The revocation list could not be checked, or the proxy is shutting down.",
+                    "retry-after",
+                ),
+            },
+        }
+    }
+
+
 def _model(*refused: str) -> dict[str, Any]:
     """A model name; ``/auto`` refuses the built-in catalog's models of the ``refused``
     flavours for this body shape, so a schema-valid request never meets that 400."""
-    globs = [glob for glob, flavor in BUILTIN_CATALOG.items() if flavor in refused]
-    patterns = [_glob_pattern(glob) for glob in globs]
+    names = [name for name, flavor in BUILTIN_CATALOG.items() if flavor in refused]
+    globs = [name for name in names if any(ch in name for ch in "*?[")]
+    # An exact name that a refused glob matches already needs no pattern of its own.
+    kept = [n for n in names if n in globs or not any(fnmatch.fnmatchcase(n, g) for g in globs)]
+    patterns = [_glob_pattern(name) for name in kept]
     return {
         "type": "string",
         "minLength": 1,
@@ -306,19 +426,17 @@ def _components() -> dict[str, Any]:
                 "required": ["object", "data"],
                 "properties": {
                     "object": {"const": "list"},
-                    "data": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["id", "object", "owned_by"],
-                            "properties": {
-                                "id": {"type": "string"},
-                                "object": {"const": "model"},
-                                "created": {"type": "integer"},
-                                "owned_by": {"type": "string"},
-                            },
-                        },
-                    },
+                    "data": {"type": "array", "items": _ref("Model")},
+                },
+            },
+            "Model": {
+                "type": "object",
+                "required": ["id", "object", "owned_by"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "object": {"const": "model"},
+                    "created": {"type": "integer"},
+                    "owned_by": {"type": "string"},
                 },
             },
             "Error": {

@@ -8,6 +8,8 @@ answer by setting ``scenario``:
 - ``tools``: text, then two tool calls whose arguments stream as ``input_json_delta``;
 - ``json``: the forced ``response_format`` tool answers;
 - ``cache``: usage with cache reads and writes;
+- ``thinking``: a thinking block (streamed as ``thinking_delta`` and ``signature_delta``),
+  then the text;
 - ``error_mid_stream``: an ``error`` event after some text (status 200);
 - ``cut``: the stream stops without ``message_stop``;
 - ``overloaded`` (529), ``invalid`` (400), ``rate_limited`` (429), ``html`` (500 non-JSON).
@@ -24,6 +26,8 @@ from tests.fake_upstream import RecordedRequest
 from tests.servers import read_request
 
 MESSAGE_ID = "msg_01XFDUDYJgAACzvnptvVoYEL"
+THOUGHTS = ["Paris is ", "in France."]
+SIGNATURE = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"
 TOOL_CALLS = [
     ("toolu_01A09q90qw90lq917835lq9", "get_weather", ['{"city": "Pa', 'ris", "unit": "c"}']),
     ("toolu_01B12r34st56uv789wxyz01", "get_time", ["", '{"zone": ', '"CET"}']),
@@ -110,6 +114,9 @@ def _blocks(payload: dict[str, Any], scenario: str) -> list[dict[str, Any]]:
         name = payload["tool_choice"]["name"]
         return [{"type": "tool_use", "id": "toolu_json", "name": name, "input": {"answer": 42}}]
     blocks: list[dict[str, Any]] = [{"type": "text", "text": "Hello from Claude."}]
+    if scenario == "thinking":
+        thought = {"type": "thinking", "thinking": "".join(THOUGHTS), "signature": SIGNATURE}
+        blocks.insert(0, thought)
     if scenario == "tools":
         for call_id, name, parts in TOOL_CALLS:
             arguments = json.loads("".join(parts))
@@ -168,6 +175,14 @@ def _events(payload: dict[str, Any], scenario: str) -> list[dict[str, Any]]:
                         }
                     )
                     return events
+        elif block["type"] == "thinking":
+            start = {"type": "thinking", "thinking": "", "signature": ""}
+            events.append({"type": "content_block_start", "index": index, "content_block": start})
+            for piece in THOUGHTS:
+                delta = {"type": "thinking_delta", "thinking": piece}
+                events.append({"type": "content_block_delta", "index": index, "delta": delta})
+            delta = {"type": "signature_delta", "signature": SIGNATURE}
+            events.append({"type": "content_block_delta", "index": index, "delta": delta})
         else:
             parts = next((p for i, _, p in TOOL_CALLS if i == block["id"]), None)
             if parts is None:

@@ -7,12 +7,14 @@ unchanged like any provider-specific field:
     {"fake": {"chunks": 5, "delay": 0.01, "status": 500, "gate": true, "no_done": true,
               "gate_before_first": true,
               "error_event_after": 2, "body": "raw text", "headers": {"x": "y"},
-              "sleep": 1.0, "echo_auth": true, "response_model": "m-2024", "usage": {...}}}
+              "sleep": 1.0, "echo_auth": true, "response_model": "m-2024",
+              "usage": {"prompt_tokens": 1000, ...}}}
 
-``response_model`` and ``usage`` replace the answer's ``model`` and ``usage``. A stream
-whose request says ``stream_options.include_usage`` ends, as OpenAI's do, with a chunk
-that has ``choices: []`` and the usage.
+``response_model`` replaces the answer's ``model``. A stream whose request says
+``stream_options.include_usage`` ends, as OpenAI's do, with a chunk that has
+``choices: []`` and the usage.
 
+``usage`` replaces the answer's usage (and rides on a stream's last chunk).
 ``echo_auth`` puts the received Authorization header into the error message, as
 careless upstreams do. Odd bodies (wrong types anywhere) get a plain answer, never a
 crash, so fuzz tests can blame the proxy alone.
@@ -200,6 +202,8 @@ class FakeUpstream:
                     break
                 chunk = _chunk(payload, chat, number, index, chunks)
                 _dress(chunk, fake, usage=False)
+                if index == chunks - 1 and isinstance(fake.get("usage"), dict):
+                    chunk["usage"] = fake["usage"]
                 with self._lock:  # counted first: the proxy may relay it before send returns
                     self.chunks_sent += 1
                 await _send_event(send, chunk)

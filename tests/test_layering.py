@@ -29,6 +29,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "_sse",
             "_idle_timeout",
             "_protocols",
+            "_routing.pricing",  # a value type: the request record prices its usage
+            "_cors",
         ),
     ),
     ("http", ("_http",)),

@@ -2,8 +2,9 @@
 
 Three modes, from the providers and keywords given to the middleware:
 
-- *checked*: ``authenticate=`` or ``api_keys=`` is set. Every served route needs a
-  credential that maps to a caller id; anything else is a 401. This also gates
+- *checked*: ``authenticate=``, ``api_keys=`` or ``credentials_secret=`` is set. Every
+  served route needs a credential that maps to a caller id (a temporary credential maps
+  to its issuer's); anything else is a 401. This also gates
   pass-through providers, which then receive that same token.
 - *pass-through*: no provider holds a key of its own. The caller's key goes upstream
   and the upstream judges it; the proxy only tells callers apart by its hash.
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Literal
 
 from asgi_autoproxy._asgi import Scope
+from asgi_autoproxy._gate.credentials import Grant, TemporaryCredentials
 from asgi_autoproxy.errors import ProxyError, unauthorized
 from asgi_autoproxy.providers import capabilities
 from asgi_autoproxy.providers.base import Provider
@@ -72,13 +74,30 @@ class Caller:
     needs neither before its upstream call (no cache, no rate limit) does not pay for
     them on the way to its first byte."""
 
-    __slots__ = ("_authenticated", "_scope", "credential")
+    __slots__ = ("_authenticated", "_scope", "credential", "grant")
 
-    def __init__(self, credential: str | None, *, authenticated: str | None = None) -> None:
+    def __init__(
+        self,
+        credential: str | None,
+        *,
+        authenticated: str | None = None,
+        grant: Grant | None = None,
+    ) -> None:
         self.credential = credential
-        """The presented token; providers without a key of their own forward it."""
+        """The presented token; providers without a key of their own forward it. None for
+        a temporary credential, which never leaves the proxy."""
         self._authenticated = authenticated
         self._scope: str | None = None
+        self.grant = grant
+        """Set when the caller presented a temporary credential: its models and ``jti``."""
+
+    def check_model(self, model: str) -> None:
+        """A 403 when a temporary credential does not allow ``model``."""
+        if self.grant is not None:
+            self.grant.check_model(model)
+
+    def allows(self, model: str) -> bool:
+        return self.grant is None or self.grant.models is None or model in self.grant.models
 
     @property
     def id(self) -> str:
@@ -126,6 +145,7 @@ class CallerAuth:
         authenticate: Authenticate | None = None,
         api_keys: Mapping[str, str] | None = None,
         allow_anonymous: bool = False,
+        credentials: TemporaryCredentials | None = None,
     ) -> None:
         if authenticate is not None and api_keys is not None:
             raise ValueError("pass either authenticate= or api_keys=, not both")
@@ -134,8 +154,19 @@ class CallerAuth:
         self._authenticate = authenticate
         self._key_ids = None if api_keys is None else _digest_keys(api_keys)
         holds_key = [p.name for p in providers if not capabilities.needs_caller_credential(p)]
+        self.credentials = credentials
+        if credentials is not None and allow_anonymous:
+            raise ValueError(
+                "allow_anonymous=True serves everyone, so temporary credentials would restrict "
+                "nobody; drop allow_anonymous or credentials_secret"
+            )
+        if credentials is not None and not holds_key:
+            raise ValueError(
+                "temporary credentials need a provider that holds its own API key: a token "
+                "never goes upstream, so pass-through providers could not serve its caller"
+            )
         self.mode: AuthMode
-        if authenticate is not None or api_keys is not None:
+        if authenticate is not None or api_keys is not None or credentials is not None:
             self.mode = "checked"
         elif not holds_key:
             self.mode = "pass-through"
@@ -155,6 +186,15 @@ class CallerAuth:
             # It could never be sent upstream (HTTP header values are ASCII): refused here
             # on every route, in every mode, rather than failing later as a 500.
             raise _unusable()
+        if (
+            self.credentials is not None
+            and credential is not None
+            and self.credentials.is_ours(credential)
+        ):
+            # Checked here alone, never by api_keys or authenticate: it runs as its issuer,
+            # and its token stays in the proxy (credential None: nothing to forward).
+            grant = await self.credentials.check(credential)
+            return Caller(None, authenticated=grant.caller_id, grant=grant)
         if self.mode != "checked":
             return Caller(credential)
         if credential is None:
@@ -169,7 +209,8 @@ class CallerAuth:
             # A dict lookup compares SHA-256 digests, never the keys: its timing says
             # nothing an attacker can turn back into a key.
             return self._key_ids.get(hashlib.sha256(token.encode()).digest())
-        assert self._authenticate is not None
+        if self._authenticate is None:
+            return None  # only temporary credentials are accepted
         result = self._authenticate(token, scope)
         if inspect.isawaitable(result):
             result = await result

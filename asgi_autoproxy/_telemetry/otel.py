@@ -185,7 +185,7 @@ class OTelRequests:
         if usage is not None:
             _put(attributes, "gen_ai.usage.input_tokens", usage.prompt_tokens)
             _put(attributes, "gen_ai.usage.output_tokens", usage.completion_tokens)
-            _put(attributes, "gen_ai.usage.cache_read.input_tokens", usage.cached_input_tokens)
+            _put(attributes, "gen_ai.usage.cache_read.input_tokens", usage.cached_prompt_tokens)
             _put(attributes, "gen_ai.usage.reasoning.output_tokens", usage.reasoning_tokens)
         if record.status is not None:
             attributes["http.response.status_code"] = record.status
@@ -193,8 +193,8 @@ class OTelRequests:
             attributes["gen_ai.response.finish_reasons"] = (record.finish_reason,)
         if record.ttfb_s is not None:
             attributes["gen_ai.response.time_to_first_chunk"] = record.ttfb_s
-        if record.cost_usd is not None:
-            attributes["autoproxy.cost_usd"] = record.cost_usd
+        if record.cost is not None:
+            attributes["autoproxy.cost_usd"] = record.cost
         if record.client_disconnected:
             attributes["autoproxy.client_disconnected"] = True
         if listener.content is not None:

@@ -3,11 +3,20 @@
 Anthropic differs in ways that matter: ``system`` is a top-level field, ``max_tokens``
 is required, roles must alternate (so same-role neighbours are merged), tool calls and
 tool results are content blocks, and there is no ``response_format`` (a forced tool
-stands in for it). OpenAI-only fields (``seed``, ``logprobs``, penalties...) are dropped.
+stands in for it). ``reasoning_effort`` becomes a thinking budget; ``thinking``,
+``top_k`` and parts' ``cache_control`` pass through; PDF and text ``file`` parts become
+document blocks.
+
+A field that cannot be mapped is a 400 naming it, never a silent drop: OpenAI-only
+fields are accepted only at their defaults (``logprobs: false``, penalties of 0...).
+``seed`` is the one exception: it asks the proxy's cache for a stable answer, and
+Anthropic has no seed to send it to.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +30,51 @@ JSON_TOOL_NAME = "json_response"
 """The forced tool that carries a ``response_format`` JSON answer."""
 
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_DOCUMENT_TYPES = ("application/pdf", "text/plain")
+
+MIN_THINKING_BUDGET = 1024
+"""Anthropic's smallest thinking budget."""
+EFFORT_BUDGET_SHARE = {"minimal": 0.0, "low": 0.2, "medium": 0.5, "high": 0.8}
+"""``reasoning_effort`` -> the share of ``max_tokens`` given to thinking (at least
+``MIN_THINKING_BUDGET``); ``"none"`` sends no thinking at all."""
+
+# Fields mapped below, each to its Anthropic counterpart (``seed`` and
+# ``stream_options`` to the proxy itself: its cache, and usage on the last chunk).
+_MAPPED = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop",
+        "stream",
+        "stream_options",
+        "user",
+        "n",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "reasoning_effort",
+        "thinking",
+        "seed",
+    }
+)
+# OpenAI fields that ask for nothing at these values (their defaults): accepted, not sent.
+_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "logit_bias": ({},),
+    "store": (False,),
+    "metadata": ({},),
+    "modalities": (["text"],),
+    "service_tier": ("auto",),
+}
 _DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)", re.DOTALL)
 
 Block = dict[str, Any]
@@ -37,6 +91,7 @@ class MessagesRequest:
 def to_messages_request(
     payload: Mapping[str, Any], *, default_max_tokens: int = DEFAULT_MAX_TOKENS
 ) -> MessagesRequest:
+    _refuse_unmapped(payload)
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("Field 'messages' must be a non-empty list.", param="messages")
@@ -49,19 +104,26 @@ def to_messages_request(
             "Anthropic needs at least one user or assistant message besides system ones.",
             param="messages",
         )
-    body: dict[str, Any] = {
-        "model": payload["model"],
-        "max_tokens": _max_tokens(payload, default_max_tokens),
-        "messages": turns,
-    }
+    max_tokens = _max_tokens(payload, default_max_tokens)
+    body: dict[str, Any] = {"model": payload["model"], "max_tokens": max_tokens, "messages": turns}
     if system:
-        body["system"] = "\n\n".join(system)
+        # One string, unless a part asks for caching: then blocks that carry it.
+        cached = any("cache_control" in block for block in system)
+        body["system"] = system if cached else "\n\n".join(b["text"] for b in system)
     for name in ("temperature", "top_p"):
         value = payload.get(name)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad_request(f"Field '{name}' must be a number.", param=name)
             body[name] = value
+    top_k = payload.get("top_k")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise bad_request("Field 'top_k' must be a whole number, 0 or more.", param="top_k")
+        body["top_k"] = top_k
+    thinking = _thinking(payload, max_tokens)
+    if thinking is not None:
+        body["thinking"] = thinking
     stop = payload.get("stop")
     if stop is not None:
         body["stop_sequences"] = _stop_sequences(stop)
@@ -86,15 +148,98 @@ def to_messages_request(
             body["tool_choice"] = {"type": "auto", "disable_parallel_tool_use": True}
     if payload.get("stream") is True:
         body["stream"] = True
+    if thinking is not None and thinking.get("type") != "disabled":
+        _check_thinking_compatible(body, payload)
     return MessagesRequest(body, JSON_TOOL_NAME if json_tool is not None else None)
+
+
+def _refuse_unmapped(payload: Mapping[str, Any]) -> None:
+    for name, value in payload.items():
+        if name in _MAPPED or value is None or value in _DEFAULTS.get(name, ()):
+            continue
+        raise bad_request(
+            f"Field '{name}' cannot be sent to Anthropic models: it has no counterpart in "
+            "Anthropic's Messages API. Remove it, or send it at its default.",
+            param=name,
+            code="unsupported_parameter",
+        )
+
+
+# -- reasoning ----------------------------------------------------------------------------
+
+
+def _thinking(payload: Mapping[str, Any], max_tokens: int) -> dict[str, Any] | None:
+    """Anthropic's ``thinking``: the caller's own, or a budget for ``reasoning_effort``."""
+    effort = payload.get("reasoning_effort")
+    thinking = payload.get("thinking")
+    if thinking is not None:
+        if effort is not None:
+            raise bad_request(
+                "Send either 'reasoning_effort' or 'thinking' to Anthropic models, not both.",
+                param="reasoning_effort",
+            )
+        if not isinstance(thinking, dict) or not isinstance(thinking.get("type"), str):
+            raise bad_request(
+                "Field 'thinking' must be Anthropic's object, e.g. "
+                '{"type": "enabled", "budget_tokens": 2048}.',
+                param="thinking",
+            )
+        return dict(thinking)
+    if effort is None or effort == "none":
+        return None
+    share = EFFORT_BUDGET_SHARE.get(effort) if isinstance(effort, str) else None
+    if share is None:
+        raise bad_request(
+            f"reasoning_effort must be one of {['none', *EFFORT_BUDGET_SHARE]} for "
+            "Anthropic models.",
+            param="reasoning_effort",
+        )
+    budget = max(MIN_THINKING_BUDGET, int(max_tokens * share))
+    if budget >= max_tokens:
+        param = next((n for n in ("max_completion_tokens", "max_tokens") if n in payload), None)
+        raise bad_request(
+            f"reasoning_effort {effort!r} gives Anthropic a thinking budget of {budget} "
+            f"tokens, which must be less than max_tokens ({max_tokens}): send a larger "
+            "max_completion_tokens.",
+            param=param or "reasoning_effort",
+        )
+    return {"type": "enabled", "budget_tokens": budget}
+
+
+def _check_thinking_compatible(body: Mapping[str, Any], payload: Mapping[str, Any]) -> None:
+    """What Anthropic refuses next to thinking, named here as the caller sent it."""
+    reason = "thinking" if payload.get("thinking") is not None else "reasoning_effort"
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise _with_thinking("temperature", reason, "leave it out or set it to 1")
+    top_p = body.get("top_p")
+    if top_p is not None and top_p < 0.95:
+        raise _with_thinking("top_p", reason, "leave it out or set it to 0.95 or more")
+    if "top_k" in body:
+        raise _with_thinking("top_k", reason, "leave it out")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        # Forced by the caller's tool_choice, or by response_format's answer tool.
+        if payload.get("tool_choice") is not None:
+            raise _with_thinking("tool_choice", reason, "use 'auto' or 'none'")
+        raise _with_thinking(
+            "response_format", reason, "Anthropic cannot force the answer's shape then"
+        )
+
+
+def _with_thinking(param: str, reason: str, fix: str) -> ProxyError:
+    return bad_request(
+        f"Anthropic models do not take '{param}' as sent together with '{reason}': {fix}.",
+        param=param,
+    )
 
 
 # -- messages ---------------------------------------------------------------------------
 
 
-def _conversation(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    """System texts, and user/assistant turns with same-role neighbours merged."""
-    system: list[str] = []
+def _conversation(messages: list[Any]) -> tuple[list[Block], list[dict[str, Any]]]:
+    """System text blocks, and user/assistant turns with same-role neighbours merged."""
+    system: list[Block] = []
     turns: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         param = f"messages[{index}]"
@@ -103,7 +248,7 @@ def _conversation(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
-            system.extend(_texts(content, param))
+            system.extend(_text_blocks(content, param))
             continue
         if role == "user":
             blocks = _user_blocks(content, param)
@@ -127,20 +272,36 @@ def _conversation(messages: list[Any]) -> tuple[list[str], list[dict[str, Any]]]
     return system, turns
 
 
-def _texts(content: Any, param: str) -> list[str]:
+def _text_blocks(content: Any, param: str) -> list[Block]:
+    """Text blocks (with any ``cache_control``) from a string or a list of text parts."""
     if content is None:
         return []
     if isinstance(content, str):
-        return [content] if content else []
+        return [{"type": "text", "text": content}] if content else []
     if isinstance(content, list):
-        texts = []
-        for part in content:
+        blocks = []
+        for number, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text":
                 raise bad_request("Only text parts are allowed here.", param=f"{param}.content")
             if part.get("text"):
-                texts.append(str(part["text"]))
-        return texts
+                block = {"type": "text", "text": str(part["text"])}
+                blocks.append(_cached(block, part, f"{param}.content[{number}]"))
+        return blocks
     raise bad_request("Message content must be a string or a list.", param=f"{param}.content")
+
+
+def _cached(block: Block, part: Mapping[str, Any], param: str) -> Block:
+    """``block`` with the part's ``cache_control``, passed through as Anthropic takes it."""
+    control = part.get("cache_control")
+    if control is None:
+        return block
+    if not isinstance(control, dict) or not isinstance(control.get("type"), str):
+        raise bad_request(
+            'cache_control must be an object such as {"type": "ephemeral"}.',
+            param=f"{param}.cache_control",
+        )
+    block["cache_control"] = control
+    return block
 
 
 def _user_blocks(content: Any, param: str) -> list[Block]:
@@ -151,17 +312,68 @@ def _user_blocks(content: Any, param: str) -> list[Block]:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
                 if part.get("text"):
-                    blocks.append({"type": "text", "text": str(part["text"])})
+                    block = {"type": "text", "text": str(part["text"])}
+                    blocks.append(_cached(block, part, part_param))
             elif kind == "image_url":
-                blocks.append(_image(part.get("image_url"), part_param))
+                blocks.append(_cached(_image(part.get("image_url"), part_param), part, part_param))
+            elif kind == "file":
+                blocks.append(_cached(_document(part.get("file"), part_param), part, part_param))
             else:
                 raise bad_request(
                     f"Content part type {kind!r} is not supported for Anthropic models; "
-                    "use text or image_url.",
+                    "use text, image_url or file.",
                     param=part_param,
                 )
         return blocks
-    return [{"type": "text", "text": text} for text in _texts(content, param)]
+    return _text_blocks(content, param)
+
+
+def _document(file: Any, param: str) -> Block:
+    """An OpenAI ``file`` part (inline ``file_data``) as an Anthropic document block."""
+    if not isinstance(file, dict):
+        raise bad_request("A file part must hold a 'file' object.", param=param)
+    if file.get("file_id") is not None:
+        raise bad_request(
+            "Anthropic models cannot read files stored with OpenAI: send the document "
+            "inline as file_data (data:application/pdf;base64,...).",
+            param=f"{param}.file.file_id",
+        )
+    data = file.get("file_data")
+    match = _DATA_URL.fullmatch(data) if isinstance(data, str) else None
+    if match is None:
+        raise bad_request(
+            "file_data must be a base64 data URL (data:application/pdf;base64,...).",
+            param=f"{param}.file.file_data",
+        )
+    block = _document_block(match["type"].lower(), match["data"], f"{param}.file.file_data")
+    filename = file.get("filename")
+    if isinstance(filename, str) and filename:
+        block["title"] = filename
+    return block
+
+
+def _document_block(media_type: str, data: str, param: str) -> Block:
+    if media_type == "application/pdf":
+        return {
+            "type": "document",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }
+    if media_type == "text/plain":
+        try:
+            text = base64.b64decode(data, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise bad_request(
+                "text/plain file_data must be base64 of UTF-8 text.", param=param
+            ) from None
+        return {
+            "type": "document",
+            "source": {"type": "text", "media_type": media_type, "data": text},
+        }
+    raise bad_request(
+        f"Document type {media_type} is not supported for Anthropic models; use one of "
+        f"{list(_DOCUMENT_TYPES)}.",
+        param=param,
+    )
 
 
 def _image(image_url: Any, param: str) -> Block:
@@ -177,6 +389,8 @@ def _image(image_url: Any, param: str) -> Block:
             param=param,
         )
     media_type = match["type"].lower()
+    if media_type in _DOCUMENT_TYPES:  # a PDF sent as an "image" by some clients
+        return _document_block(media_type, match["data"], param)
     if media_type not in _IMAGE_TYPES:
         raise bad_request(
             f"Image type {media_type} is not supported; use one of {sorted(_IMAGE_TYPES)}.",
@@ -192,12 +406,13 @@ def _assistant_blocks(message: dict[str, Any], param: str) -> list[Block]:
     content = message.get("content")
     blocks: list[Block] = []
     if isinstance(content, list):
-        for part in content:
+        for number, part in enumerate(content):
             text = part.get("text") or part.get("refusal") if isinstance(part, dict) else None
             if text:
-                blocks.append({"type": "text", "text": str(text)})
+                block = {"type": "text", "text": str(text)}
+                blocks.append(_cached(block, part, f"{param}.content[{number}]"))
     else:
-        blocks.extend({"type": "text", "text": t} for t in _texts(content, param))
+        blocks.extend(_text_blocks(content, param))
     for number, call in enumerate(message.get("tool_calls") or []):
         blocks.append(_tool_use(call, f"{param}.tool_calls[{number}]"))
     return blocks
@@ -228,10 +443,10 @@ def _tool_result(message: dict[str, Any], param: str) -> Block:
     tool_call_id = message.get("tool_call_id")
     if not isinstance(tool_call_id, str):
         raise bad_request("A tool message needs a 'tool_call_id'.", param=f"{param}.tool_call_id")
-    texts = _texts(message.get("content"), param)
+    texts = _text_blocks(message.get("content"), param)
     block: Block = {"type": "tool_result", "tool_use_id": tool_call_id}
     if texts:
-        block["content"] = [{"type": "text", "text": t} for t in texts]
+        block["content"] = texts
     return block
 
 

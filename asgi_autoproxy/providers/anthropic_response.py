@@ -1,4 +1,9 @@
-"""Anthropic Messages answers -> OpenAI chat answers: whole messages, stream events, errors."""
+"""Anthropic Messages answers -> OpenAI chat answers: whole messages, stream events, errors.
+
+Thinking blocks become ``reasoning_content``, on the message and in stream deltas, as
+DeepSeek and other OpenAI-compatible servers send reasoning; their signatures, and
+redacted thinking, have no OpenAI counterpart.
+"""
 
 from __future__ import annotations
 
@@ -51,11 +56,14 @@ def usage(anthropic_usage: Any) -> dict[str, Any]:
 def chat_completion(message: dict[str, Any], *, json_tool: str | None, created: int) -> bytes:
     """A ``chat.completion`` body for a whole Anthropic message."""
     texts: list[str] = []
+    thoughts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     for block in message.get("content") or []:
         kind = block.get("type")
         if kind == "text":
             texts.append(block.get("text", ""))
+        elif kind == "thinking":
+            thoughts.append(block.get("thinking", ""))
         elif kind == "tool_use" and block.get("name") == json_tool:
             texts.append(_json.dumps(block.get("input", {})).decode())
         elif kind == "tool_use":
@@ -70,6 +78,8 @@ def chat_completion(message: dict[str, Any], *, json_tool: str | None, created: 
                 }
             )
     reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+    if thoughts:
+        reply["reasoning_content"] = "".join(thoughts)
     if tool_calls:
         reply["tool_calls"] = tool_calls
     return _json.dumps(
@@ -166,6 +176,8 @@ class StreamTranslator:
         kind = block.get("type")
         if kind == "text" and block.get("text"):
             return self._chunk({"content": block["text"]})
+        if kind == "thinking" and block.get("thinking"):
+            return self._chunk({"reasoning_content": block["thinking"]})
         if kind != "tool_use":
             return b""
         if block.get("name") == self._json_tool:
@@ -185,8 +197,10 @@ class StreamTranslator:
         kind = delta.get("type")
         if kind == "text_delta":
             return self._chunk({"content": delta.get("text", "")})
+        if kind == "thinking_delta":
+            return self._chunk({"reasoning_content": delta.get("thinking", "")})
         if kind != "input_json_delta" or not delta.get("partial_json"):
-            return b""  # thinking, signatures and citations have no OpenAI chunk
+            return b""  # signatures and citations have no OpenAI chunk
         if index in self._json_blocks:
             return self._chunk({"content": delta["partial_json"]})
         position = self._tool_index.get(index)

@@ -137,3 +137,43 @@ def test_django_example_serves_proxy_and_views_without_lifespan(
     # Django refused the lifespan scope, so no startup hook ran, and requests worked anyway.
     assert "ASGI 'lifespan' protocol appears unsupported" in server.log
     assert "Traceback" not in server.log
+
+
+@pytest.mark.anyio
+async def test_browser_example_hands_out_credentials_only_after_login(
+    upstream: FakeUpstream, upstream_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/browser/app.py without a browser (tests/docs/test_browser.py drives one):
+    its logged-in endpoint is the only way to a credential, and that one model only."""
+    monkeypatch.setenv("OPENAI_BASE_URL", upstream_url)
+    monkeypatch.setenv("OPENAI_API_KEY", SERVER_KEY)
+    monkeypatch.setenv("ASGI_AUTOPROXY_CREDENTIALS_SECRET", "example-test-secret-" + "x" * 32)
+    monkeypatch.delenv("AUTOPROXY_CLIENT_KEYS", raising=False)
+    spec = importlib.util.spec_from_file_location(
+        f"_example_{uuid.uuid4().hex}", EXAMPLES / "browser" / "app.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    async with (
+        LifespanManager(module.app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://example"
+        ) as http,
+    ):
+        page = await http.get("/")
+        assert page.status_code == 200 and "{{" not in page.text
+        assert (await http.post("/session/credential")).status_code == 401
+        assert (await http.post("/login", content=b"[1]")).status_code == 400
+        assert (await http.post("/login", json={"name": "ada"})).status_code == 204
+        issued = await http.post("/session/credential")
+        assert issued.status_code == 200
+        headers = {"authorization": f"Bearer {issued.json()['key']}"}
+        ok = await http.post("/v1/proxy/auto", json=chat_body(), headers=headers)
+        other = await http.post("/v1/proxy/auto", json=chat_body(model="o3"), headers=headers)
+        no_key = await http.post("/v1/proxy/auto", json=chat_body())
+    assert ok.status_code == 200, ok.text
+    assert other.status_code == 403
+    assert no_key.status_code == 401
+    assert upstream.calls == 1
+    assert upstream.requests[0].headers["authorization"] == f"Bearer {SERVER_KEY}"

@@ -7,6 +7,7 @@ every error is OpenAI-shaped.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,8 +34,10 @@ ROUTES = [
     "/v1/proxy/chat/completions",
     "/v1/proxy/completions",
     "/v1/proxy/models",
+    "/v1/proxy/credentials",
 ]
-SECRETS = (SERVER_KEY, CALLER_KEY)
+CREDENTIALS_SECRET = "fuzz-credentials-secret-0123456789-abcdefgh"
+SECRETS = (SERVER_KEY, CALLER_KEY, CREDENTIALS_SECRET)
 AUTH = (b"authorization", f"Bearer {CALLER_KEY}".encode())
 
 
@@ -44,6 +47,7 @@ async def proxy(make_proxy: MakeProxy, upstream_url: str) -> AsyncIterator[AutoP
     yield make_proxy(
         providers=[provider],
         api_keys={CALLER_KEY: "fuzzer"},
+        credentials_secret=CREDENTIALS_SECRET,
         limits=Limits(max_body_size=64 * 1024, max_json_depth=16),
         timeout=5,
     )
@@ -238,7 +242,7 @@ async def test_odd_methods(
 ) -> None:
     response = await send(proxy, method, path, content=body)
     check(response, method=method)
-    expected = "GET" if path.endswith("/models") else "POST"
+    expected = "GET" if path.endswith("/models") else "POST"  # /credentials: POST
     if method != expected:
         assert response.status_code == 405
         assert response.headers["allow"] == expected
@@ -262,3 +266,88 @@ async def test_only_the_right_key_gets_in(
     if not valid:
         assert response.status_code == 401
         assert upstream.calls == calls_before
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+_GOOD_CLAIMS = {
+    "iss": "asgi_autoproxy",
+    "sub": "fuzzer",
+    "models": ["gpt-4o-mini"],
+    "iat": 1_900_000_000,
+    "exp": 4_000_000_000,
+    "jti": "fuzz-jti",
+}
+headers_json = st.fixed_dictionaries(
+    {
+        "alg": st.sampled_from(["none", "None", "NONE", "HS512", "HS384", "RS256", "ES256"])
+        | st.sampled_from(["EdDSA", "", "HS256 "])
+        | json_values,
+        "kid": st.just("asgi_autoproxy/v1") | json_values,
+    },
+    optional={"typ": json_values, "jku": st.just("http://evil.invalid/keys")},
+)
+claims_json = st.fixed_dictionaries(
+    {}, optional={name: json_values | st.just(value) for name, value in _GOOD_CLAIMS.items()}
+)
+
+
+@st.composite
+def malformed_tokens(draw: st.DrawFn) -> str:
+    """Tokens a page could send: a good one mangled, or one forged without the secret."""
+    header = _b64(json.dumps(draw(headers_json)).encode())
+    payload = _b64(json.dumps(draw(claims_json)).encode())
+    signature = draw(
+        st.sampled_from(["", "AAAA", "c2lnbmF0dXJl"]) | st.binary(max_size=64).map(_b64)
+    )
+    token = f"{header}.{payload}.{signature}"
+    kind = draw(st.sampled_from(["forged", "truncated", "flipped", "huge", "extra part"]))
+    if kind == "truncated":
+        token = token[: draw(st.integers(min_value=1, max_value=len(token) - 1))]
+    elif kind == "flipped":
+        at = draw(st.integers(min_value=0, max_value=len(token) - 1))
+        token = token[:at] + draw(st.sampled_from("AZaz09-_.=+/!")) + token[at + 1 :]
+    elif kind == "huge":
+        token = f"{header}.{_b64(b'x' * draw(st.integers(12_000, 20_000)))}.{signature}"
+    elif kind == "extra part":
+        token += "." + signature
+    return token
+
+
+@FUZZ
+@given(path=st.sampled_from(ROUTES), token=malformed_tokens())
+async def test_malformed_temporary_credentials_get_401(
+    proxy: AutoProxyMiddleware, upstream: FakeUpstream, path: str, token: str
+) -> None:
+    """Wrong algorithm, ``alg: none``, forged, truncated, flipped, huge: 401, never a
+    500, never an upstream call, and the token is not echoed."""
+    method = "GET" if path.endswith("/models") else "POST"
+    body = json.dumps({"model": "gpt-4o-mini", "messages": []}).encode()
+    calls_before = upstream.calls
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+    response = await send(proxy, method, path, content=body, headers=headers)
+    check(response)
+    assert response.status_code == 401, response.text
+    assert len(token) < 16 or token not in response.text
+    assert upstream.calls == calls_before
+
+
+@FUZZ
+@given(payload=json_values | known_fields, ttl=json_values)
+async def test_credential_requests(
+    proxy: AutoProxyMiddleware, upstream: FakeUpstream, payload: Any, ttl: Any
+) -> None:
+    """Any body to /credentials: a key, or a 400 naming what is wrong; the key it gives
+    works for just the models it names."""
+    if isinstance(payload, dict):
+        payload = {**payload, "ttl_seconds": ttl}
+    response = await send(
+        proxy, "POST", "/v1/proxy/credentials", content=json.dumps(payload).encode()
+    )
+    check(response)
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 200:
+        token = response.json()["key"]
+        assert isinstance(token, str) and token.startswith("eyJ")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +21,8 @@ from tests.conftest import CALLER_KEY, SERVER_KEY, inner_app
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerThread, serve
 
+CREDENTIALS_SECRET = "openapi-credentials-secret-0123456789-abcdefgh"
+
 
 @pytest.fixture(scope="module")
 def live_proxy(_upstream_server: tuple[FakeUpstream, ServerThread]) -> Iterator[str]:
@@ -28,7 +31,11 @@ def live_proxy(_upstream_server: tuple[FakeUpstream, ServerThread]) -> Iterator[
         base_url=_upstream_server[1].url + "/v1", api_key=SERVER_KEY, name="paid"
     )
     app = AutoProxyMiddleware(
-        inner_app(), providers=[provider], api_keys={CALLER_KEY: "schemathesis"}, timeout=10
+        inner_app(),
+        providers=[provider],
+        api_keys={CALLER_KEY: "schemathesis"},
+        credentials_secret=CREDENTIALS_SECRET,
+        timeout=10,
     )
     with serve(app, lifespan="on") as server:
         yield server.url
@@ -36,7 +43,7 @@ def live_proxy(_upstream_server: tuple[FakeUpstream, ServerThread]) -> Iterator[
 
 # Schemathesis' own pytest plugin does not run under pytest 9; its Hypothesis
 # strategies do, and drive the same checks through `call_and_validate`.
-SCHEMA = schemathesis.openapi.from_dict(openapi_document(endpoint_names=["paid"]))
+SCHEMA = schemathesis.openapi.from_dict(openapi_document(endpoint_names=["paid"], credentials=True))
 
 
 @SCHEMA.auth()
@@ -105,5 +112,36 @@ def test_document_follows_the_configured_path() -> None:
         "/api/llm/chat/completions",
         "/api/llm/completions",
         "/api/llm/models",
+        "/api/llm/models/{model}",
     }
     assert set(openapi_document(sibling_routes=False)["paths"]) == {"/v1/proxy/auto"}
+
+
+def test_credentials_route_is_described_when_enabled() -> None:
+    assert "/v1/proxy/credentials" not in openapi_document()["paths"]
+    doc = openapi_document("/api/llm/auto", credentials=True, sibling_routes=False)
+    operation = doc["paths"]["/api/llm/credentials"]["post"]
+    assert operation["operationId"] == "proxycredentials"
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["ttl_seconds"]["maximum"] == 86400
+    assert body["properties"]["ttl_seconds"]["default"] == 600
+    assert {"200", "400", "401", "403"} <= set(operation["responses"])
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok["required"] == ["key"]
+    # A token for another model: a described 403 on the proxy routes.
+    assert "403" in doc["paths"]["/api/llm/auto"]["post"]["responses"]
+
+
+@LIVE
+@given(case=SCHEMA["/v1/proxy/credentials"]["POST"].as_strategy(GenerationMode.POSITIVE))
+def test_issued_credentials_work_as_keys(live_proxy: str, case: Any) -> None:
+    """Every valid /credentials body gets a key, and that key lists the models."""
+    response = call(case, live_proxy)
+    body = case.body if isinstance(case.body, dict) else {}
+    ttl = body.get("ttl_seconds") or 600
+    if response.status_code == 200 and ttl >= 10:  # one that cannot expire meanwhile
+        key = response.json()["key"]
+        models = httpx.get(
+            f"{live_proxy}/v1/proxy/models", headers={"authorization": f"Bearer {key}"}, timeout=10
+        )
+        assert models.status_code == 200

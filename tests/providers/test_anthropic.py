@@ -37,7 +37,7 @@ PNG = (
 )
 # The pinned API version (2023-06-01) takes these; the installed SDK's types, made for
 # a newer version, no longer list them, so they are checked apart.
-SAMPLING_FIELDS = ("temperature", "top_p")
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k")
 
 _STREAMING = pydantic.TypeAdapter(MessageCreateParamsStreaming)
 _WHOLE = pydantic.TypeAdapter(MessageCreateParamsNonStreaming)
@@ -179,10 +179,11 @@ def test_full_conversation_translates_to_a_valid_messages_request() -> None:
         "max_completion_tokens": 300,
         "temperature": 0.2,
         "top_p": 0.9,
-        "seed": 7,
-        "logprobs": True,
-        "presence_penalty": 0.5,
-        "frequency_penalty": 0.1,
+        "seed": 7,  # for the proxy's cache: Anthropic has no seed
+        # OpenAI-only fields at their defaults ask for nothing (others are 400s).
+        "logprobs": False,
+        "presence_penalty": 0,
+        "frequency_penalty": 0,
         "stream_options": {"include_usage": True},
         "user": "user-42",
     }
@@ -625,7 +626,9 @@ async def test_overloaded_anthropic_fails_over_to_the_next_one(
 # -- the fake itself speaks Anthropic -----------------------------------------------------
 
 
-@pytest.mark.parametrize("scenario", ["text", "tools", "json", "cache", "error_mid_stream"])
+@pytest.mark.parametrize(
+    "scenario", ["text", "tools", "json", "cache", "error_mid_stream", "thinking"]
+)
 def test_fake_anthropic_answers_match_the_sdk_types(scenario: str) -> None:
     payload = to_messages_request(chat(response_format={"type": "json_object"})).body
     Message.model_validate(_message(payload, scenario))

@@ -182,8 +182,10 @@ async def test_models_route_lists_catalog_models(client: httpx.AsyncClient) -> N
     body = response.json()
     ids = {m["id"] for m in body["data"]}
     assert body["object"] == "list"
-    assert {"gpt-4o", "gpt-3.5-turbo-instruct", "davinci-002"} <= ids
-    assert not any("embedding" in i for i in ids)
+    # Every flavour the catalog knows, by exact name: chat, completion, responses, embedding.
+    assert {"gpt-4o", "gpt-3.5-turbo-instruct", "davinci-002", "o3-pro"} <= ids
+    assert {"text-embedding-3-small", "mistral-embed"} <= ids
+    assert not any("*" in i for i in ids)
 
 
 def test_default_provider_name_never_shows_url_credentials() -> None:
