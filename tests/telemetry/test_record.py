@@ -87,7 +87,7 @@ async def test_cost_is_unknown_without_a_price_and_for_a_hit(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
     async with recording(make_proxy) as (http, records, _):
-        body = chat_body("cost", temperature=0)
+        body = {**chat_body("cost", temperature=0), "model": "my-org/unpriced-model"}
         await http.post("/v1/proxy/auto", json=body)
         await http.post("/v1/proxy/auto", json=body)
     miss, hit = records
