@@ -50,7 +50,6 @@ class Gateway:
     """host, port, path, shutdown_grace, request_read_timeout, loop (only those set)."""
     logging: dict[str, str] = field(default_factory=dict)
     """level and format (only those set)."""
-    cors_origins: list[str] | None = None
     summary: str = ""
 
 
@@ -190,7 +189,10 @@ class _Reader:
         if (limits := root.table("limits")) is not None:
             self.limits(limits, keywords)
         if (cors := root.table("cors")) is not None:
-            gateway.cors_origins = cors.strings("origins", [])
+            if origins := cors.strings("origins", []):
+                keywords["cors_origins"] = origins
+            if (credentials := cors.get("allow_credentials", bool)) is not None:
+                keywords["cors_allow_credentials"] = credentials
             cors.done()
         if (telemetry := root.table("telemetry")) is not None:
             self.telemetry(telemetry, keywords)

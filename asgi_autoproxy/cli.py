@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import copy
 import dataclasses
-import inspect
 import logging
 import math
 import os
@@ -408,16 +407,12 @@ def build_gateway_app(
     *,
     readiness: Readiness | None = None,
 ) -> tuple[ASGIApp, AutoProxyMiddleware]:
-    """The app to serve (with CORS where the file asks) and the proxy inside it."""
+    """The app to serve and the proxy (the same object: CORS is the proxy's own)."""
     keywords = dict(gateway.keywords)
     if "allow_anonymous" in given:
         keywords["allow_anonymous"] = bool(args.allow_anonymous)
     limits = keywords.pop("limits", None) or Limits()
     limits = dataclasses.replace(limits, request_read_timeout=float(args.request_read_timeout))
-    origins = gateway.cors_origins
-    own_cors = "cors_origins" in inspect.signature(AutoProxyMiddleware).parameters
-    if origins and own_cors:
-        keywords["cors_origins"] = origins
     proxy = AutoProxyMiddleware(
         standalone_app(args.path, gc_freeze=bool(args.gc_freeze), readiness=readiness),
         path=args.path,
@@ -425,18 +420,7 @@ def build_gateway_app(
         limits=limits,
         **keywords,
     )
-    if not origins or own_cors:
-        return proxy, proxy
-    from starlette.middleware.cors import CORSMiddleware
-
-    cors = CORSMiddleware(
-        proxy,
-        allow_origins=origins,
-        allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["*"],
-        expose_headers=["x-request-id", "x-bt-cached", "x-bt-used-endpoint"],
-    )
-    return cors, proxy
+    return proxy, proxy
 
 
 def check_config(argv: Sequence[str]) -> int:
