@@ -406,8 +406,8 @@ def build_gateway_app(
     given: set[str],
     *,
     readiness: Readiness | None = None,
-) -> tuple[ASGIApp, AutoProxyMiddleware]:
-    """The app to serve and the proxy (the same object: CORS is the proxy's own)."""
+) -> AutoProxyMiddleware:
+    """The proxy the file describes, around ``standalone_app``."""
     keywords = dict(gateway.keywords)
     if "allow_anonymous" in given:
         keywords["allow_anonymous"] = bool(args.allow_anonymous)
@@ -420,7 +420,7 @@ def build_gateway_app(
         limits=limits,
         **keywords,
     )
-    return proxy, proxy
+    return proxy
 
 
 def check_config(argv: Sequence[str]) -> int:
@@ -467,10 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             gateway = load_gateway(args.config, os.environ)
             given = given_settings(parser, argv, os.environ)
             apply_file_settings(args, gateway, given)
-            served, app = build_gateway_app(args, gateway, given, readiness=readiness)
+            app = build_gateway_app(args, gateway, given, readiness=readiness)
         else:
             app = build_app(args, readiness=readiness)
-            served = app
     except ConfigError as error:
         print(f"{parser.prog}: error: {_in_file(args.config, error)}", file=sys.stderr)
         return 2
@@ -489,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from asgi_autoproxy._server import guarded_http_protocol
 
     config = uvicorn.Config(
-        served,
+        app,
         http=guarded_http_protocol(header_timeout=args.request_read_timeout),
         host=args.host,
         port=args.port,

@@ -270,8 +270,8 @@ async def test_cors_origins_from_the_file(example: Path, upstream_url: str) -> N
     args = parser.parse_args(["--config", str(example)])
     gateway = load_gateway(example, KEYS)
     apply_file_settings(args, gateway, set())
-    app, proxy = build_gateway_app(args, gateway, set())
-    async with LifespanManager(app) as manager:
+    proxy = build_gateway_app(args, gateway, set())
+    async with LifespanManager(proxy) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             headers = {"origin": "https://app.example.com", "access-control-request-method": "POST"}
