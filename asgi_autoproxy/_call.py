@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from asgi_autoproxy._asgi import JSON_CONTENT_TYPE, Message, Receive, Send, encode_headers
 from asgi_autoproxy._gate.auth import Caller
+from asgi_autoproxy._upstream.dialects import OPENAI, Dialect
 from asgi_autoproxy.errors import ProxyError
 from asgi_autoproxy.observability import RequestTrace
 
@@ -38,6 +39,8 @@ class Call:
     connected: bool = True
     on_gone: Callable[[], None] = ignore
     trace: RequestTrace = field(default_factory=RequestTrace)
+    dialect: Dialect = OPENAI
+    """The API the caller speaks (its route's): the proxy's errors are written in it."""
 
     def gone(self) -> None:
         if self.connected:
@@ -101,4 +104,4 @@ async def send_error(
     headers = [JSON_CONTENT_TYPE, *encode_headers(error.headers)]
     if label is not None:
         headers.append(label)
-    await call.respond(error.status, error.to_body(), headers)
+    await call.respond(error.status, call.dialect.error_body(error), headers)

@@ -139,6 +139,11 @@ PLAN_HEADERS: tuple[CacheHeader, ...] = (
 parses them, the plan memo's digest and the OpenAPI description are built from here."""
 
 
+FORWARDABLE: frozenset[bytes] = frozenset((b"anthropic-version", b"anthropic-beta"))
+"""Caller headers a route may pass upstream as they are (a Route row names which); the
+answer depends on them, so the cache key does too."""
+
+
 class RequestHeaders:
     """The request headers the proxy reads, gathered in one pass: a cache hit is cheap
     enough that scanning the headers once per question showed up in profiles.
@@ -148,12 +153,14 @@ class RequestHeaders:
 
     ``plan`` holds the values of ``PLAN_HEADERS``, in the table's order; each one is also
     readable by its ``attribute`` (a property over ``plan``, added below from the table).
+    ``forwardable``: the ``FORWARDABLE`` headers sent, as (name, value) pairs, in order.
     """
 
     __slots__ = (
         "content_length",
         "count",
         "credential",
+        "forwardable",
         "plan",
         "request_id",
         "size",
@@ -175,6 +182,7 @@ class RequestHeaders:
         request_id: str | None = None
         trace: list[tuple[str, str]] | None = None
         plan: list[str | None] | None = None  # made at the first plan header: most send none
+        forwardable: list[tuple[str, str]] | None = None
         for name, value in raw:
             count += 1
             size += len(name) + len(value)
@@ -193,6 +201,10 @@ class RequestHeaders:
                     request_id = value.decode("latin-1")
             elif name in _TRACE_CONTEXT:
                 trace = _trace_header(trace, name, value)
+            elif name in FORWARDABLE:
+                if forwardable is None:
+                    forwardable = []
+                forwardable.append((name.decode("ascii"), value.decode("latin-1")))
             else:  # one of PLAN_HEADERS
                 if plan is None:
                     plan = _NO_PLAN_LIST.copy()
@@ -200,6 +212,9 @@ class RequestHeaders:
                 if plan[slot] is None:
                     plan[slot] = value.decode("latin-1")
         self.plan = _NO_PLAN if plan is None else tuple(plan)
+        self.forwardable: tuple[tuple[str, str], ...] = (
+            () if forwardable is None else tuple(forwardable)
+        )
         self.content_length = content_length
         self.request_id = request_id
         self.trace_context: tuple[tuple[str, str], ...] = (
@@ -234,6 +249,7 @@ _READ = frozenset(
         b"x-request-id",
         *_TRACE_CONTEXT,
         *_PLAN_SLOTS,
+        *FORWARDABLE,
     }
 )
 # W3C Trace Context: version-traceid-parentid-flags, lower-case hex; tracestate is

@@ -26,7 +26,7 @@ from asgi_autoproxy._gate.limits import RequestLimits
 from asgi_autoproxy._headers import RequestHeaders
 from asgi_autoproxy._http.clients import SharedClients
 from asgi_autoproxy._relay import Relay
-from asgi_autoproxy._routes import Route
+from asgi_autoproxy._routes import Route, depends_on_server_state, passed_headers, upstream_body
 from asgi_autoproxy._routing.model_router import ModelRouter
 from asgi_autoproxy._upstream.dispatch import Dispatcher
 from asgi_autoproxy._upstream.stream_usage import body_asking_for_usage
@@ -36,6 +36,8 @@ from asgi_autoproxy.providers.base import Endpoint, Provider, UpstreamRequest
 logger = logging.getLogger("asgi_autoproxy")
 
 _MAX_FOLLOW_ATTEMPTS = 3
+# Endpoints whose streams report usage only when asked (stream_options.include_usage).
+_ASKS_USAGE = frozenset({"chat", "completion"})
 
 
 @dataclass(slots=True)
@@ -132,35 +134,37 @@ class Pipeline:
             model = payload["model"]
             caller.check_model(model)  # a temporary credential's models: 403 for others
             endpoint: Endpoint = route.endpoint(self.router, model, payload)
+            sent, body = upstream_body(route, payload, body)
             candidates = self.router.candidates(model, endpoint)
             credential = caller.credential
             if credential is None:
                 forwards = self.router.forwarding_key(candidates)
                 if forwards is not None:
                     raise _missing_key(forwards)
-            # Usage on streams too (_upstream/stream_usage.py); the payload stays as sent.
-            sent = body_asking_for_usage(payload, body) if self._stream_usage else None
             upstream = UpstreamRequest(
                 endpoint=endpoint,
                 model=model,
-                payload=payload,
-                body=body if sent is None else sent,
+                payload=sent,
+                body=body,
                 stream=payload.get("stream") is True,
                 credential=credential,
                 request_id=call.request_id,
                 endpoint_name=headers.endpoint_name,
                 max_response_size=self._max_response_size,
                 max_event_size=self._max_event_size,
+                headers=passed_headers(route, headers),
                 trace_context=headers.trace_context,
-                usage_requested=sent is not None,
             )
             plan = None
-            if cache is not None:
+            if cache is not None and not depends_on_server_state(route, payload):
                 plan = cache.plan(
                     headers,
+                    rule=route.cache_rule,
                     endpoint=endpoint,
                     model=model,
+                    # The caller's: a seed the upstream never sees still tells two apart.
                     payload=payload,
+                    passed=upstream.headers,
                     providers=[p.name for p in candidates],
                     pinned=headers.endpoint_name,
                     caller_scope=caller.cache_scope,
@@ -171,6 +175,11 @@ class Pipeline:
             looked_up = remembered is not None and plan is not None and remembered.key == plan.key
             # After the plan: entries are keyed on what the caller sent (_routing/params.py).
             upstream = self.router.rewrite(upstream)
+            if self._stream_usage and endpoint in _ASKS_USAGE:
+                # Usage on streams too (_upstream/stream_usage.py): only the bytes sent change.
+                with_usage = body_asking_for_usage(upstream.payload, upstream.body)
+                if with_usage is not None:
+                    upstream.body, upstream.usage_requested = with_usage, True
             await self._answer(call, candidates, upstream, plan, request.receive, looked_up)
         except ClientDisconnected:
             return

@@ -25,7 +25,7 @@ from asgi_autoproxy._call import Call, send_error
 from asgi_autoproxy._cancel import TaskCancelScope, along
 from asgi_autoproxy._headers import answer_headers
 from asgi_autoproxy._idle_timeout import idle_limit
-from asgi_autoproxy._sse import EventSplitter, error_event
+from asgi_autoproxy._sse import EventSplitter
 from asgi_autoproxy._upstream.answer_checks import StreamAudit, is_answer, json_answer
 from asgi_autoproxy._upstream.redact import scrub, scrub_headers
 from asgi_autoproxy.errors import (
@@ -99,9 +99,11 @@ class Relay:
         answer: dict[str, Any] | None = None
         if 200 <= status < 300:
             answer = json_answer(provider.name, body)
-            call.trace.answered(answer)
+            call.trace.answered(answer, call.dialect.usage(answer))
         if status >= 400 and not _is_openai_error(body):
-            body = self._unshaped_error(provider, response, call.request_id)
+            body = call.dialect.error_body(
+                self._unshaped_error(provider, response, call.request_id)
+            )
             headers = [(k, v) for k, v in headers if k != "content-type"]
             headers.append(("content-type", "application/json"))
         encoded = self.answer_headers(headers)
@@ -117,8 +119,8 @@ class Relay:
 
     def _unshaped_error(
         self, provider: Provider, response: UpstreamResponse, request_id: str
-    ) -> bytes:
-        """An OpenAI-shaped body for an error answer without one (a wrong base URL's 404
+    ) -> ProxyError:
+        """The error to answer for an error answer without an error body (a wrong base URL's 404
         page, a gateway's 502), naming what was called: the status alone does not say
         that the URL is wrong. Logged too, as the request log line only has the status."""
         status = response.status
@@ -141,7 +143,7 @@ class Relay:
             f"OpenAI-style error body.{hint}",
             type="upstream_error",
             code=f"upstream_{status}",
-        ).to_body()
+        )
 
     # -- streams ------------------------------------------------------------------------
 
@@ -187,7 +189,7 @@ class Relay:
         the error event that ends a broken stream, else b""."""
         splitter = EventSplitter(self._max_event_size)
         # How the stream ends, malformed events, token usage (and the chunk we asked for).
-        audit = StreamAudit(strip_usage=strip_usage)
+        audit = StreamAudit(call.dialect, strip_usage=strip_usage)
         broken: str | None = None
         too_large: ResponseTooLarge | None = None
         async with idle_limit(self._stream_idle_timeout) as idle:
@@ -231,7 +233,7 @@ class Relay:
         trace.usage, trace.response_model = audit.usage, audit.model
         trace.finish_reason = audit.finish_reason
         if broken is None and not audit.finished:
-            broken = "it closed before sending [DONE]"
+            broken = f"it closed before sending {call.dialect.ending}"
         if broken is None:
             if tee is not None:
                 await tee.finish(storable=not audit.failed)
@@ -248,7 +250,7 @@ class Relay:
             else upstream_too_large(provider.name, too_large)
         )
         call.trace.error = error.code
-        tail = error_event(error.to_dict())
+        tail = call.dialect.error_event(error)
         if tee is not None:
             tee.break_stream(tail)
         return tail
@@ -299,15 +301,15 @@ class Relay:
             # The event waits for the client to read; past the grace it is cut (the
             # server closes a connection whose response did not end).
             with anyio.move_on_after(_DROPPED_GRACE):
-                await call.end_stream(error_event(error.to_dict()))
+                await call.end_stream(call.dialect.error_event(error))
             # Nothing more goes out, a shutdown's last words included: the leader's task
             # may read on for the followers long after its own client was dropped.
             call.connected = False
             return
         tail = flight.broken_tail
         if flight.state in ("failed", "abandoned") and not tail:
-            tail = error_event(
-                upstream_stream_broken("coalesced", "the request it joined was abandoned").to_dict()
+            tail = call.dialect.error_event(
+                upstream_stream_broken("coalesced", "the request it joined was abandoned")
             )
         await call.end_stream(tail)
 

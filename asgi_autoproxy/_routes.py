@@ -2,8 +2,10 @@
 
 The middleware matches a request's path against the table ``route_table`` builds and
 reads everything else from the row: the method, how the body is read and validated,
-which upstream API the model is sent to, and whether the proxy answers by itself.
-Adding a route means adding a row here, not a branch in the middleware.
+which upstream API the model is sent to, what the cache rules are, which fields and
+headers reach the upstream, the API the answer speaks (its ``Dialect``: how a stream
+ends, where usage is, how errors are written), and whether the proxy answers by itself.
+Adding a route means adding a row here, not a branch in the middleware or pipeline.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgi_autoproxy import _json
+from asgi_autoproxy._cache.policy import CacheRule
 from asgi_autoproxy._gate.auth import Caller
 from asgi_autoproxy._gate.credentials import TemporaryCredentials, parse_credential_request
 from asgi_autoproxy._gate.limits import check_json_depth, exceeds_parser_depth, too_deep
+from asgi_autoproxy._headers import FORWARDABLE, RequestHeaders
 from asgi_autoproxy._routing.model_router import ModelRouter
+from asgi_autoproxy._upstream.dialects import ANTHROPIC, OPENAI, RESPONSES, Dialect
 from asgi_autoproxy.errors import ProxyError, bad_request
 from asgi_autoproxy.providers.base import Endpoint
 
@@ -47,6 +52,19 @@ class Route:
     """Which upstream API the model is sent to."""
     cacheable: bool = True
     """Whether the cache rules apply (deterministic requests, or the caller's headers)."""
+    cache_rule: CacheRule = "deterministic"
+    """What is cached without cache headers: deterministic requests, or ``always``
+    (embeddings and moderations, whose answers do not vary)."""
+    server_state: tuple[str, ...] = ()
+    """Body fields that, when set (not null or false), make the answer depend on state
+    kept upstream (``previous_response_id``): such requests are never cached."""
+    upstream_omits: tuple[str, ...] = ()
+    """Body fields the proxy reads but the upstream API lacks (the Responses API's
+    ``seed``, which only enables caching): left out of the body sent upstream."""
+    passed_headers: frozenset[str] = frozenset()
+    """Caller headers sent upstream as they are (a subset of ``_headers.FORWARDABLE``)."""
+    dialect: Dialect = OPENAI
+    """The API the answer speaks: how its stream ends, where usage is, error shapes."""
     answer: LocalAnswer | None = None
     """Set where the proxy answers by itself, before any body is read (``/models``)."""
     reply: LocalReply | None = None
@@ -63,13 +81,23 @@ class Route:
             self, answer=lambda router: answer_for(router, parameter), answer_for=None
         )
 
+    def __post_init__(self) -> None:
+        unknown = {name.encode() for name in self.passed_headers} - FORWARDABLE
+        if unknown:
+            raise ValueError(f"route {self.name}: headers {sorted(unknown)} are not forwardable")
 
-def parse_openai_payload(body: bytes, max_depth: int) -> dict[str, Any]:
-    """An OpenAI request body: a JSON object with a string ``model``, each key once."""
+
+def parse_openai_payload(
+    body: bytes, max_depth: int, *, default_model: str | None = None
+) -> dict[str, Any]:
+    """An OpenAI request body: a JSON object with a string ``model``, each key once.
+    Without a ``model``, ``default_model`` is set in the parsed payload (not the body)."""
     if not body:
         raise bad_request("Request body is empty; send a JSON object with a 'model'.")
     payload = _json_object(body, max_depth)
     model = payload.get("model")
+    if model is None and default_model is not None and "model" not in payload:
+        payload["model"] = model = default_model
     if model is None:
         raise bad_request("Missing required field 'model'.", param="model")
     # ASCII blanks only: the OpenAPI pattern must mean the same in every regex dialect.
@@ -79,6 +107,16 @@ def parse_openai_payload(body: bytes, max_depth: int) -> dict[str, Any]:
     if stream is not None and not isinstance(stream, bool):
         raise bad_request("Field 'stream' must be true or false.", param="stream")
     return payload
+
+
+def with_default_model(model: str) -> ParsePayload:
+    """``parse_openai_payload`` for an API whose ``model`` is optional (moderations): a
+    body without one is routed, and cached, under the model the upstream defaults to."""
+
+    def parse(body: bytes, max_depth: int) -> dict[str, Any]:
+        return parse_openai_payload(body, max_depth, default_model=model)
+
+    return parse
 
 
 def _json_object(body: bytes, max_depth: int) -> dict[str, Any]:
@@ -203,6 +241,46 @@ SIBLINGS = (
     ),
     Route(name="models", suffix="/models", method="GET", cacheable=False, answer=_model_list),
     Route(name="model", suffix="/models/", method="GET", cacheable=False, answer_for=_model_object),
+    Route(
+        name="embeddings",
+        suffix="/embeddings",
+        method="POST",
+        parse=parse_openai_payload,
+        endpoint=_always("embeddings"),
+        cache_rule="always",
+    ),
+    Route(
+        name="moderations",
+        suffix="/moderations",
+        method="POST",
+        parse=with_default_model("omni-moderation-latest"),
+        endpoint=_always("moderations"),
+        cache_rule="always",
+    ),
+    Route(
+        name="responses",
+        suffix="/responses",
+        method="POST",
+        parse=parse_openai_payload,
+        endpoint=_always("responses"),
+        # `background`: the answer is a placeholder for work done upstream.
+        server_state=("previous_response_id", "conversation", "store", "background"),
+        upstream_omits=("seed",),
+        dialect=RESPONSES,
+    ),
+    *(
+        Route(
+            name="anthropic",
+            suffix=suffix,
+            method="POST",
+            parse=parse_openai_payload,
+            endpoint=_always("messages"),
+            passed_headers=frozenset(("anthropic-version", "anthropic-beta")),
+            dialect=ANTHROPIC,
+        )
+        # The anthropic SDK appends /v1/messages to its base URL; both spellings work.
+        for suffix in ("/anthropic/v1/messages", "/anthropic/messages")
+    ),
 )
 """Served beside ``/auto``, under its prefix, unless ``sibling_routes=False``."""
 
@@ -239,3 +317,34 @@ def route_table(
         row = credentials_route(credentials)
         rows[prefix + row.suffix] = row
     return RouteTable(rows)
+
+
+def upstream_body(
+    route: Route, payload: dict[str, Any], body: bytes
+) -> tuple[dict[str, Any], bytes]:
+    """The payload and body to send upstream: the caller's bytes as they came, unless the
+    row omits a field the body has; then the payload without it, serialised again."""
+    omits = route.upstream_omits
+    if not omits or not any(name in payload for name in omits):
+        return payload, body
+    sent = {name: value for name, value in payload.items() if name not in omits}
+    return sent, _json.dumps(sent)
+
+
+def depends_on_server_state(route: Route, payload: Mapping[str, Any]) -> bool:
+    """Whether the answer depends on state kept upstream: never cached, then."""
+    return any(payload.get(name) not in (None, False) for name in route.server_state)
+
+
+def passed_headers(route: Route, headers: RequestHeaders) -> tuple[tuple[str, str], ...]:
+    """The caller's headers this route sends upstream, each once (the first), checked:
+    an HTTP header value upstream must be printable ASCII."""
+    if not route.passed_headers or not headers.forwardable:
+        return ()
+    passed: dict[str, str] = {}
+    for name, value in headers.forwardable:
+        if name in route.passed_headers and name not in passed:
+            if not (value.isascii() and value.isprintable()):
+                raise bad_request(f"Header {name!r} must be printable ASCII.", param=name)
+            passed[name] = value.strip()
+    return tuple(passed.items())

@@ -19,7 +19,6 @@ import anyio
 from asgi_autoproxy._cache.backends.base import Closable
 from asgi_autoproxy._call import Call, send_error
 from asgi_autoproxy._cancel import current_asyncio_task
-from asgi_autoproxy._sse import error_event
 from asgi_autoproxy.errors import server_shutting_down
 
 logger = logging.getLogger("asgi_autoproxy")
@@ -136,6 +135,6 @@ async def cut_short(call: Call) -> None:
     error = server_shutting_down()
     call.trace.error = error.code
     if call.trace.streaming:
-        await call.end_stream(error_event(error.to_dict()))
+        await call.end_stream(call.dialect.error_event(error))
     elif not call.started:
         await send_error(call, error)

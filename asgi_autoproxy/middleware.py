@@ -294,7 +294,11 @@ class AutoProxyMiddleware:
     async def _handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         """One request, tracked for graceful shutdown and reported once it ends."""
         headers = RequestHeaders(scope["headers"])
-        call = Call(request_id=request_id(headers.request_id, headers.credential), send=send)
+        call = Call(
+            request_id=request_id(headers.request_id, headers.credential),
+            send=send,
+            dialect=route.dialect,
+        )
         if self._closed:  # no new client, no upstream call: say so, in OpenAI's shape
             await send_error(call, server_shutting_down())
             return

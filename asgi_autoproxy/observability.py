@@ -100,10 +100,11 @@ class RequestRecord:
     request_id: str
     method: str
     route: str
-    """Which of the proxy's routes: auto, chat, completion, models or credentials."""
+    """Which of the proxy's routes: auto, chat, completion, models, credentials,
+    embeddings, moderations, responses or anthropic."""
     endpoint: str | None
-    """The upstream endpoint (chat, completion or chat_via_responses) once the request
-    was understood."""
+    """The upstream endpoint (chat, completion, chat_via_responses, embeddings,
+    moderations, responses or messages) once the request was understood."""
     model: str | None
     provider: str | None
     """The provider that answered; None when none did (cache hit, refused, unreachable)."""
@@ -224,9 +225,10 @@ class RequestTrace:
 
     # -- written by the pipeline and the dispatcher --------------------------------------
 
-    def answered(self, answer: dict[str, Any]) -> None:
-        """Notes a whole 2xx JSON answer: its usage, model and finish reason."""
-        self.usage = TokenUsage.parse(answer.get("usage"))
+    def answered(self, answer: dict[str, Any], usage: TokenUsage | None) -> None:
+        """Notes a whole 2xx JSON answer: its ``usage`` (as its API reports it), model and
+        finish reason."""
+        self.usage = usage
         model = answer.get("model")
         if isinstance(model, str):
             self.response_model = model

@@ -2,15 +2,16 @@
 
 ``/auto`` is described the way Braintrust's API reference describes its own
 ``POST /v1/proxy/auto`` (operation ``proxyauto``, tag ``Proxy``, bearer auth), so
-clients and tools built for one read the other. Request bodies are described
-loosely on purpose: the proxy forwards fields it does not know.
+clients and tools built for one read the other. The routes beside it (chat, completions,
+embeddings, moderations, responses, the native Anthropic route, models) follow. Request
+bodies are described loosely on purpose: the proxy forwards fields it does not know.
 """
 
 from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from asgi_autoproxy._headers import PLAN_HEADERS
@@ -24,10 +25,10 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _error(description: str, *headers: str) -> dict[str, Any]:
+def _error(description: str, *headers: str, schema: str = "Error") -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": description,
-        "content": {_JSON: {"schema": _ref("Error")}},
+        "content": {_JSON: {"schema": _ref(schema)}},
     }
     if headers:
         response["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in headers}
@@ -63,56 +64,118 @@ def _request_headers(endpoint_names: Sequence[str] | None) -> list[dict[str, Any
     ]
 
 
-def _proxy_responses() -> dict[str, Any]:
+def _proxy_responses(*, stream: bool = True, errors: str = "Error") -> dict[str, Any]:
+    """A proxied route's answers: JSON, or events where the API streams; ``errors``: the
+    schema of its error bodies (Anthropic's envelope on the Anthropic route)."""
+    content: dict[str, Any] = {_JSON: {"schema": {"type": "object"}}}
+    if stream:
+        # Before OpenAPI 3.2 an event-stream's schema describes each event.
+        content[_SSE] = {"schema": _ref("ServerSentEvent")}
     return {
         "200": {
-            "description": "The provider's answer: a JSON object, or Server-Sent Events "
-            "when the request asked for `stream: true`.",
+            "description": "The provider's answer: a JSON object"
+            + (
+                ", or Server-Sent Events when the request asked for `stream: true`."
+                if stream
+                else "."
+            ),
             "headers": {
                 "x-bt-cached": {"$ref": "#/components/headers/x-bt-cached"},
                 "x-request-id": {"$ref": "#/components/headers/x-request-id"},
             },
-            "content": {
-                _JSON: {"schema": {"type": "object"}},
-                # Before OpenAPI 3.2 an event-stream's schema describes each event.
-                _SSE: {"schema": _ref("ServerSentEvent")},
-            },
+            "content": content,
         },
         "400": _error(
             "Malformed body, unknown model, nesting too deep, or a cache or "
-            "x-bt-endpoint-name header value the proxy does not accept."
+            "x-bt-endpoint-name header value the proxy does not accept.",
+            schema=errors,
         ),
         "401": _error(
             "Missing or invalid API key, or an expired, revoked or tampered temporary credential.",
             "www-authenticate",
+            schema=errors,
         ),
-        "403": _error("A temporary credential used for a model it does not name."),
-        "405": _error("Wrong method for this route."),
-        "408": _error("The body did not arrive within the proxy's time limit."),
-        "413": _error("Body larger than the proxy's limit."),
-        "429": _error("Caller over its rate limit, or the provider's.", "retry-after"),
-        "431": _error("Too many or too large request headers."),
-        "503": _error("The proxy has too many upstream requests open.", "retry-after"),
-        "4XX": _error("The provider refused the request; its status is passed on."),
-        "5XX": _error("The provider failed, could not be reached or did not answer in time."),
+        "403": _error("A temporary credential used for a model it does not name.", schema=errors),
+        "405": _error("Wrong method for this route.", schema=errors),
+        "408": _error("The body did not arrive within the proxy's time limit.", schema=errors),
+        "413": _error("Body larger than the proxy's limit.", schema=errors),
+        "429": _error(
+            "Caller over its rate limit, or the provider's.", "retry-after", schema=errors
+        ),
+        "431": _error("Too many or too large request headers.", schema=errors),
+        "503": _error(
+            "The proxy has too many upstream requests open.", "retry-after", schema=errors
+        ),
+        "4XX": _error("The provider refused the request; its status is passed on.", schema=errors),
+        "5XX": _error(
+            "The provider failed, could not be reached or did not answer in time.", schema=errors
+        ),
     }
+
+
+def _post(
+    operation: str,
+    summary: str,
+    request: str,
+    parameters: list[dict[str, Any]],
+    *,
+    description: str | None = None,
+    stream: bool = True,
+    errors: str = "Error",
+) -> dict[str, Any]:
+    post: dict[str, Any] = {
+        "tags": ["Proxy"],
+        "operationId": operation,
+        "summary": summary,
+        "parameters": parameters,
+        "requestBody": {"required": True, "content": {_JSON: {"schema": _ref(request)}}},
+        "responses": _proxy_responses(stream=stream, errors=errors),
+    }
+    if description is not None:
+        post["description"] = description
+    return {"post": post}
+
+
+def _anthropic_headers() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "in": "header",
+            "required": False,
+            "description": description,
+            # Printable ASCII: an HTTP header value upstream can carry nothing else.
+            "schema": {"type": "string", "pattern": "^[ -~]*$"},
+        }
+        for name, description in (
+            ("anthropic-version", "Sent upstream as it is (default 2023-06-01)."),
+            ("anthropic-beta", "Sent upstream as it is; part of the cache key."),
+        )
+    ]
 
 
 def openapi_document(
     path: str = "/v1/proxy/auto",
     *,
     sibling_routes: bool = True,
-    endpoint_names: Sequence[str] | None = None,
+    endpoint_names: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     credentials: bool = False,
 ) -> dict[str, Any]:
     """The description for a middleware built with the same ``path`` and
     ``sibling_routes``; serve it or feed it to an API tester. ``endpoint_names``: the
-    providers' names, the values ``x-bt-endpoint-name`` accepts (any other is a 400);
-    without them the header is described as any string. ``credentials``: describe
-    ``POST {prefix}/credentials`` too (a middleware with a ``credentials_secret``)."""
+    providers' names, the values ``x-bt-endpoint-name`` accepts (any other is a 400),
+    for every route, or by upstream endpoint (``{"chat": [...], "messages": [...]}``)
+    where providers serve different ones; without them, any string. ``credentials``:
+    describe ``POST {prefix}/credentials`` too (a middleware with a
+    ``credentials_secret``)."""
     from asgi_autoproxy import __version__
 
-    parameters = _request_headers(endpoint_names)
+    def headers_for(*endpoints: str) -> list[dict[str, Any]]:
+        if endpoint_names is None or not isinstance(endpoint_names, Mapping):
+            return _request_headers(endpoint_names)
+        names = {n: None for e in endpoints for n in endpoint_names.get(e, ())}
+        return _request_headers(list(names))
+
+    parameters = headers_for("chat", "completion")
 
     prefix = path.rsplit("/", 1)[0]
     paths: dict[str, Any] = {
@@ -141,7 +204,7 @@ def openapi_document(
                 "tags": ["Proxy"],
                 "operationId": "proxychatcompletions",
                 "summary": "Send a chat/completions request",
-                "parameters": parameters,
+                "parameters": headers_for("chat"),
                 "requestBody": {
                     "required": True,
                     "content": {_JSON: {"schema": _ref("ChatRequest")}},
@@ -154,7 +217,7 @@ def openapi_document(
                 "tags": ["Proxy"],
                 "operationId": "proxycompletions",
                 "summary": "Send a legacy completions request",
-                "parameters": parameters,
+                "parameters": headers_for("completion"),
                 "requestBody": {
                     "required": True,
                     "content": {_JSON: {"schema": _ref("CompletionRequest")}},
@@ -162,6 +225,47 @@ def openapi_document(
                 "responses": _proxy_responses(),
             }
         }
+        paths[f"{prefix}/embeddings"] = _post(
+            "proxyembeddings",
+            "Send an embeddings request",
+            "EmbeddingsRequest",
+            headers_for("embeddings"),
+            description="Cached whatever the temperature, unless `x-bt-use-cache: never` or "
+            "`Cache-Control: no-store` says otherwise.",
+            stream=False,
+        )
+        paths[f"{prefix}/moderations"] = _post(
+            "proxymoderations",
+            "Send a moderations request",
+            "ModerationsRequest",
+            headers_for("moderations"),
+            description="Cached like embeddings.",
+            stream=False,
+        )
+        paths[f"{prefix}/responses"] = _post(
+            "proxyresponses",
+            "Send a Responses API request",
+            "ResponsesRequest",
+            headers_for("responses"),
+            description="Streams relay the API's named events. Cached like chat (temperature "
+            "0 or a `seed`, which is not sent upstream); never with `previous_response_id`, "
+            "`conversation` or `store: true`.",
+        )
+        anthropic = headers_for("messages") + _anthropic_headers()
+        for suffix, operation in (
+            ("/anthropic/v1/messages", "proxyanthropicmessages"),
+            ("/anthropic/messages", "proxyanthropicmessagesshort"),
+        ):
+            paths[prefix + suffix] = _post(
+                operation,
+                "Send an Anthropic Messages request, as it is",
+                "AnthropicMessagesRequest",
+                anthropic,
+                description="For the `anthropic` SDK with `base_url` ending in `/anthropic`. "
+                "Answers, events and errors are Anthropic's; the key may come as `x-api-key` "
+                "or `Authorization: Bearer`.",
+                errors="AnthropicError",
+            )
         paths[f"{prefix}/models"] = {
             "get": {
                 "tags": ["Proxy"],
@@ -318,6 +422,21 @@ def _model(*refused: str) -> dict[str, Any]:
     }
 
 
+def _any_model() -> dict[str, Any]:
+    """A model name on a route that sends every model to the providers serving it."""
+    return {"type": "string", "minLength": 1, "pattern": "[^ \\t\\r\\n]"}
+
+
+def _text_or_tokens() -> dict[str, Any]:
+    return {
+        "anyOf": [
+            {"type": "string"},
+            {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
+        ]
+    }
+
+
 def _glob_pattern(glob: str) -> str:
     """A catalog glob (fnmatch: ``*``, ``?``, ``[0-9]``, ``[!0-9]``) as an ECMA-262 pattern."""
     out = ["^"]
@@ -421,6 +540,92 @@ def _components() -> dict[str, Any]:
                 },
             },
             "AutoRequest": {"anyOf": [_ref("ChatRequest"), _ref("CompletionRequest")]},
+            "EmbeddingsRequest": {
+                "type": "object",
+                "required": ["model", "input"],
+                "properties": {
+                    "model": _any_model(),
+                    "input": _text_or_tokens(),
+                    "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                    "dimensions": {"type": "integer", "minimum": 1},
+                },
+            },
+            "ModerationsRequest": {
+                "type": "object",
+                "required": ["input"],
+                "properties": {
+                    "model": _any_model(),
+                    "input": {
+                        "anyOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "string"}},
+                        ]
+                    },
+                },
+            },
+            "ResponsesRequest": {
+                "type": "object",
+                "required": ["model", "input"],
+                "properties": {
+                    "model": _any_model(),
+                    "input": {
+                        "anyOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "object"}},
+                        ]
+                    },
+                    "instructions": {"type": "string"},
+                    "stream": {"type": "boolean"},
+                    "temperature": common["temperature"],
+                    "seed": {
+                        "type": "integer",
+                        "description": "Enables caching; not sent upstream.",
+                    },
+                    "max_output_tokens": {"type": "integer", "minimum": 16},
+                    "previous_response_id": {"type": "string"},
+                    "store": {"type": "boolean"},
+                },
+            },
+            "AnthropicMessagesRequest": {
+                "type": "object",
+                "required": ["model", "max_tokens", "messages"],
+                "properties": {
+                    "model": _any_model(),
+                    "max_tokens": {"type": "integer", "minimum": 1},
+                    "system": {"type": "string"},
+                    "stream": {"type": "boolean"},
+                    "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+                    "messages": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["role", "content"],
+                            "properties": {
+                                "role": {"type": "string", "enum": ["user", "assistant"]},
+                                "content": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+            "AnthropicError": {
+                "type": "object",
+                "required": ["type", "error"],
+                "properties": {
+                    "type": {"const": "error"},
+                    "error": {
+                        "type": "object",
+                        "required": ["type", "message"],
+                        "properties": {
+                            "type": {"type": "string"},
+                            "message": {"type": "string"},
+                            "param": {"type": ["string", "null"]},
+                            "code": {"type": ["string", "integer", "null"]},
+                        },
+                    },
+                },
+            },
             "ModelList": {
                 "type": "object",
                 "required": ["object", "data"],

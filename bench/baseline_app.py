@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from bench.loop_report import report_loop
 
-URL = os.environ["BENCH_UPSTREAM"].rstrip("/") + "/chat/completions"
+BASE = os.environ["BENCH_UPSTREAM"].rstrip("/")
 USE_CACHE = os.environ.get("BENCH_BASELINE_CACHE") == "1"
 cache: dict[bytes, tuple[int, bytes]] = {}
 shared: dict[str, httpx.AsyncClient] = {}
@@ -35,12 +35,14 @@ async def lifespan(app):
 
 
 async def chat(request):
+    """POST the body to the same path below the upstream's base URL."""
     body = await request.body()
     if USE_CACHE and (hit := cache.get(body)) is not None:
         return Response(hit[1], hit[0], media_type="application/json")
     client = shared["client"]
     headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
-    upstream = client.build_request("POST", URL, content=body, headers=headers)
+    url = BASE + request.url.path.removeprefix("/v1")
+    upstream = client.build_request("POST", url, content=body, headers=headers)
     response = await client.send(upstream, stream=True)
     if response.headers.get("content-type", "").startswith("text/event-stream"):
         return StreamingResponse(
@@ -54,4 +56,9 @@ async def chat(request):
     return Response(content, response.status_code, media_type="application/json")
 
 
-app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])], lifespan=lifespan)
+app = Starlette(
+    routes=[
+        Route(path, chat, methods=["POST"]) for path in ("/v1/chat/completions", "/v1/embeddings")
+    ],
+    lifespan=lifespan,
+)

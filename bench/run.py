@@ -101,6 +101,8 @@ class Scenario:
     prompt_bytes: int = 0
     stream: bool = False
     unique: bool = False
+    route: str = PATH
+    """Where the requests go; ``/v1/embeddings`` sends an embeddings body."""
 
 
 MISS_SYSTEMS = (
@@ -142,6 +144,12 @@ SCENARIOS = [
         unique=True,
     ),
     Scenario("hit-1m", "1 MB prompts, cache hits", ("baseline-dict", "autoproxy-cache"), 1_000_000),
+    Scenario(
+        "hit-embeddings",
+        "Embeddings cache hits (same small body, no temperature: cached by default)",
+        ("baseline-dict", "autoproxy-cache"),
+        route="/v1/embeddings",
+    ),
 ]
 QUICK = {
     "miss": ("direct", "baseline", "autoproxy", "autoproxy-telemetry"),
@@ -151,8 +159,11 @@ QUICK = {
 
 
 def body_template(scenario: Scenario, salt: str) -> bytes:
-    """A chat request with ``__N__`` where the load generator may put a counter."""
+    """A chat (or embeddings) request with ``__N__`` where the load generator may put a
+    counter."""
     content = f"Say hello. {salt}-__N__ "
+    if scenario.route.endswith("/embeddings"):
+        return json.dumps({"model": "text-embedding-3-small", "input": content}).encode()
     if scenario.prompt_bytes:
         filler = "lorem ipsum dolor sit amet "
         content += filler * (scenario.prompt_bytes // len(filler) + 1)
@@ -199,7 +210,10 @@ class Running:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{PATH}"
+        return self.url_for(PATH)
+
+    def url_for(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
 
 
 def start(
@@ -272,11 +286,11 @@ def memory_kib(pid: int, field: str) -> int:
     return 0
 
 
-def post(port: int, body: bytes) -> tuple[int, dict[str, str], bytes]:
+def post(port: int, body: bytes, path: str = PATH) -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
-        connection.request("POST", PATH, body=body, headers=headers)
+        connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
@@ -367,10 +381,11 @@ def measure(
     load_core: int | None,
 ) -> Cell:
     tool = "wrk" if args.wrk and not scenario.stream else "python"
+    url = running.url_for(scenario.route)
     # Warm-up: connections, caches, and the cache entry the hit scenarios read.
-    load(tool, running.url, body_file, concurrency, args.warmup, scenario, load_core)
+    load(tool, url, body_file, concurrency, args.warmup, scenario, load_core)
     before = cpu_seconds(measured_pid)
-    result = load(tool, running.url, body_file, concurrency, args.duration, scenario, load_core)
+    result = load(tool, url, body_file, concurrency, args.duration, scenario, load_core)
     spent = cpu_seconds(measured_pid) - before
     requests = max(1.0, float(result["requests"]))
     return Cell(
@@ -591,6 +606,16 @@ def targets(
         1.5,
         "max",
     )
+    embedded, chat_hit = (
+        med("hit-embeddings", "autoproxy-cache", high, "cpu_us"),
+        med("hit", "autoproxy-cache", high, "cpu_us"),
+    )
+    check(
+        f"embeddings hit CPU/req ÷ chat hit CPU/req at c{high}",
+        embedded / chat_hit if embedded and chat_hit else None,
+        1.0,
+        "max",
+    )
     ttfb, direct_ttfb = (
         med("stream", "autoproxy", low, "ttfb_p50_ms"),
         med("stream", "direct", low, "ttfb_p50_ms"),
@@ -796,7 +821,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     # Unique bodies never repeat, across cells and repeats alike.
                     template = body_template(scenario, f"{salt}{round_}{key}")
                     body_file.write_bytes(template)
-                    status, _, _ = post(proc.port, template.replace(b"__N__", b"probe"))
+                    probe = template.replace(b"__N__", b"probe")
+                    status, _, _ = post(proc.port, probe, scenario.route)
                     if status != 200:
                         raise SystemExit(f"{key} answered {status} to the {scenario.key} probe")
                     measured = direct_pid if key == "direct" else proc.process.pid

@@ -1,8 +1,9 @@
 """The benchmark's fake OpenAI upstream: a raw ASGI app that answers at once.
 
-Non-streaming requests get one small chat completion. Requests whose body holds
-``"stream": true`` get 20 SSE chunks, 10 ms apart, then ``[DONE]``. It parses nothing,
-so its own cost stays far below the proxies' it is measured against.
+Non-streaming requests get one small chat completion (on ``/embeddings``, one
+embedding). Requests whose body holds ``"stream": true`` get 20 SSE chunks, 10 ms apart,
+then ``[DONE]``. It parses nothing, so its own cost stays far below the proxies' it is
+measured against.
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ _JSON_HEADERS = [
     (b"content-length", str(len(_COMPLETION)).encode()),
     (b"x-request-id", b"req_bench"),
     (b"openai-processing-ms", b"1"),
+]
+_EMBEDDING = json.dumps(
+    {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.0125] * 64}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 8, "total_tokens": 8},
+    }
+).encode()
+_EMBEDDING_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_EMBEDDING)).encode()),
+    (b"x-request-id", b"req_bench"),
 ]
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"x-request-id", b"req_bench")]
 
@@ -82,6 +96,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         parts.append(message.get("body", b""))
         if not message.get("more_body"):
             break
+    if scope["path"].endswith("/embeddings"):
+        await send({"type": "http.response.start", "status": 200, "headers": _EMBEDDING_HEADERS})
+        await send({"type": "http.response.body", "body": _EMBEDDING})
+        return
     if not wants_stream(b"".join(parts)):
         await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
         await send({"type": "http.response.body", "body": _COMPLETION})

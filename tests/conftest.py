@@ -11,6 +11,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
+from tests.fake_anthropic import FakeAnthropic
 from tests.fake_upstream import FakeUpstream
 from tests.fault_upstream import FaultUpstream
 from tests.servers import ServerThread
@@ -43,6 +44,28 @@ def upstream(_upstream_server: tuple[FakeUpstream, ServerThread]) -> FakeUpstrea
 @pytest.fixture
 def upstream_url(_upstream_server: tuple[FakeUpstream, ServerThread]) -> str:
     return _upstream_server[1].url + "/v1"
+
+
+@pytest.fixture(scope="session")
+def _anthropic_server() -> Iterator[tuple[FakeAnthropic, ServerThread]]:
+    fake = FakeAnthropic()
+    server = ServerThread(fake)
+    server.start()
+    yield fake, server
+    server.stop()
+
+
+@pytest.fixture
+def claude(_anthropic_server: tuple[FakeAnthropic, ServerThread]) -> FakeAnthropic:
+    """The fake Anthropic Messages API (tests/fake_anthropic.py), one for the session."""
+    fake = _anthropic_server[0]
+    fake.reset()
+    return fake
+
+
+@pytest.fixture
+def claude_url(_anthropic_server: tuple[FakeAnthropic, ServerThread]) -> str:
+    return _anthropic_server[1].url
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,9 @@ crash, so fuzz tests can blame the proxy alone.
 
 ``overrides`` on the instance are merged over ``fake`` for every request, so one of
 several upstreams can fail while the others answer the same body normally.
+
+``/embeddings``, ``/moderations`` and ``/responses`` answer in their own shapes
+(tests/fake_openai_routes.py), after the same ``status``, ``body`` and ``sleep`` steering.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests import fake_openai_routes as routes
 from tests.servers import read_request
 
 
@@ -145,6 +149,9 @@ class FakeUpstream:
             error = {"error": {"message": message, "type": "fake", "code": None}}
             await _send_json(send, status, error, headers)
             return
+        if path.endswith(("/embeddings", "/moderations", "/responses")):
+            await self._other_route(send, path, payload, fake, number, headers)
+            return
         chat = path.endswith("/chat/completions")
         if payload.get("stream"):
             auth = recorded.headers.get("authorization", "")
@@ -153,6 +160,27 @@ class FakeUpstream:
         answer = _completion(payload, chat, number)
         _dress(answer, fake)
         await _send_json(send, 200, answer, headers)
+
+    async def _other_route(
+        self,
+        send: Any,
+        path: str,
+        payload: dict[str, Any],
+        fake: dict[str, Any],
+        number: int,
+        headers: list[tuple[str, str]],
+    ) -> None:
+        """Embeddings, moderations and responses (tests/fake_openai_routes.py)."""
+        if path.endswith("/embeddings"):
+            await _send_json(send, 200, routes.embeddings(payload, number), headers)
+        elif path.endswith("/moderations"):
+            await _send_json(send, 200, routes.moderations(payload, number), headers)
+        elif payload.get("stream") is True:
+            await routes.send_response_stream(send, payload, number, fake, _encode(headers))
+            with self._lock:
+                self.completed_streams += 1
+        else:
+            await _send_json(send, 200, routes.response(payload, number), headers)
 
     async def _stream(
         self,

@@ -20,7 +20,7 @@ import anyio
 from asgi_autoproxy._cache.coalescing import Flight
 from asgi_autoproxy._cache.entry import CachedResponse
 from asgi_autoproxy._cache.keys import SHARED_CALLER, EntryKey, entry_key
-from asgi_autoproxy._cache.policy import CacheDecision, decide
+from asgi_autoproxy._cache.policy import CacheDecision, CacheRule, decide
 from asgi_autoproxy._cache.remembered_plans import PlanMemo, RequestDigest, request_digest
 from asgi_autoproxy._cache.store import CacheStats, ResponseCache
 from asgi_autoproxy._headers import RequestHeaders, replayed_on_hits
@@ -157,20 +157,25 @@ class CachedAnswers:
         self,
         headers: RequestHeaders,
         *,
+        rule: CacheRule = "deterministic",
         endpoint: Endpoint,
         model: str,
         payload: Mapping[str, Any],
         providers: Sequence[str],
         pinned: str | None,
         caller_scope: str,
+        passed: tuple[tuple[str, str], ...] = (),
     ) -> CachePlan | None:
-        """The plan for a request, or None when it neither reads nor writes the cache."""
+        """The plan for a request, or None when it neither reads nor writes the cache.
+        ``rule``: the route's (``_cache/policy.py``); ``passed``: the request headers
+        sent upstream, which the key covers."""
         decision = decide(
             payload,
             use_cache=headers.use_cache,
             cache_ttl=headers.cache_ttl,
             cache_control=headers.cache_control,
             default_ttl=self._default_ttl,
+            rule=rule,
         )
         if not (decision.read or decision.write):
             return None
@@ -180,6 +185,7 @@ class CachedAnswers:
             providers=pinned or ",".join(providers),
             caller=self.scope_of(caller_scope),  # hashed only here, when needed
             payload=payload,
+            headers=passed,
         )
         return CachePlan(decision, key, model, endpoint)
 

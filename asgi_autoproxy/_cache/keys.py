@@ -1,10 +1,10 @@
 """Cache keys: versioned hashes of everything that makes two requests the same.
 
-The key covers the endpoint, the providers that may answer, the caller and the
-canonical JSON body, so key order, whitespace and how a number is written (`0` or
-`0.0`) do not matter but callers never share entries (unless told to). A second,
-independent hash of the same material is the secret that encrypts the entry where the
-backend asks for encryption.
+The key covers the endpoint, the providers that may answer, the caller, the request
+headers passed upstream (``anthropic-beta``...) and the canonical JSON body, so key
+order, whitespace and how a number is written (`0` or `0.0`) do not matter but callers
+never share entries (unless told to). A second, independent hash of the same material is
+the secret that encrypts the entry where the backend asks for encryption.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def entry_key(
     providers: str,
     caller: str,
     payload: Mapping[str, Any],
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> EntryKey:
+    """``headers``: request headers passed upstream, which may change the answer."""
     body = payload
     if "stream" in body and not body["stream"]:
         # `"stream": false` and no `stream` ask for the same answer.
@@ -59,7 +61,10 @@ def entry_key(
     # digest. The fields go first as a JSON array, so no two field lists hash alike, and
     # name the hash, so installs with and without blake3 never mix their entries. One
     # hash call over the joined bytes: each update() costs more than copying a small body.
-    fields = _json.dumps([_VERSION, _HASH_NAME, endpoint, providers, caller])
+    named: list[object] = [_VERSION, _HASH_NAME, endpoint, providers, caller]
+    if headers:  # only where a route passes some: every other key stays as it was
+        named.append([list(pair) for pair in headers])
+    fields = _json.dumps(named)
     summary = new_hash(b"\n".join((fields, _canonical_numbers(body)))).digest()
     return EntryKey(derive_key(summary), summary)
 

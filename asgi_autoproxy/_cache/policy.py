@@ -1,7 +1,8 @@
 """When to read and write the cache, and for how long: Braintrust's rules.
 
 ``auto`` caches only deterministic requests (``temperature == 0`` or a non-null
-``seed``); the ``x-bt-use-cache`` header can force ``always`` or ``never``. Request
+``seed``), or, on a route whose answers do not vary (embeddings, moderations), every
+request; the ``x-bt-use-cache`` header can force ``always`` or ``never``. Request
 ``Cache-Control`` refines it: ``no-cache``/``max-age=0`` skip the read, ``no-store``
 skips the write, ``max-age=N`` accepts only entries at most N seconds old.
 """
@@ -16,6 +17,8 @@ from typing import Any, Literal
 from asgi_autoproxy.errors import bad_request
 
 CacheMode = Literal["auto", "always", "never"]
+CacheRule = Literal["deterministic", "always"]
+"""What ``auto`` caches on a route: deterministic requests only, or every request."""
 CACHE_MODES: tuple[CacheMode, ...] = ("auto", "always", "never")
 MIN_TTL = 1
 MAX_TTL = 7 * 24 * 3600
@@ -51,11 +54,13 @@ def decide(
     cache_ttl: str | None,
     cache_control: str | None,
     default_ttl: int,
+    rule: CacheRule = "deterministic",
 ) -> CacheDecision:
     """The decision for one request; raises a 400 ``ProxyError`` for bad header values."""
+    cached = rule == "always" or is_deterministic(payload)
     if use_cache is None and cache_ttl is None and cache_control is None:
         # Most requests send no cache headers: the same answer as below, made once.
-        return _without_headers(default_ttl, is_deterministic(payload))
+        return _without_headers(default_ttl, cached)
     mode = (use_cache or "auto").strip().lower()
     if mode not in CACHE_MODES:
         raise bad_request(
@@ -64,7 +69,7 @@ def decide(
             param="x-bt-use-cache",
         )
     ttl = default_ttl if cache_ttl is None else _parse_ttl(cache_ttl)
-    if mode == "never" or (mode == "auto" and not is_deterministic(payload)):
+    if mode == "never" or (mode == "auto" and not cached):
         return CacheDecision(read=False, write=False, ttl=ttl)
     read, write, max_age = True, True, None
     for directive in (cache_control or "").lower().split(","):

@@ -3,11 +3,11 @@
 Eval reruns send the same bytes again and again. The first time, the middleware parses
 the body, routes it and derives the entry key (its "plan"). It then files that plan
 under everything the plan was derived from: the route, the caller's cache scope, the
-request headers that shape it (``PLAN_HEADERS``, in ``_headers.py``) and a hash of the
-raw body. The next identical request finds the plan by that digest and, when the entry
-is there, is answered without being parsed. A request whose plan is not remembered, or
-whose entry is gone, takes the full path, so nothing is served that the full path would
-refuse.
+request headers that shape it (``PLAN_HEADERS``, and those a route may pass upstream,
+``FORWARDABLE``, in ``_headers.py``) and a hash of the raw body. The next identical
+request finds the plan by that digest and, when the entry is there, is answered without
+being parsed. A request whose plan is not remembered, or whose entry is gone, takes the
+full path, so nothing is served that the full path would refuse.
 
 Authentication, rate limits, header limits and the body size limit run before the
 lookup, as for any request. The caller's cache scope, and whether it sent a key, are
@@ -26,7 +26,7 @@ Plan = TypeVar("Plan")
 DEFAULT_MAX_PLANS = 2048
 
 
-RequestDigest = tuple[str, str, bool, tuple[str | None, ...], bytes]
+RequestDigest = tuple[str, str, bool, tuple[str | None, ...], tuple[tuple[str, str], ...], bytes]
 
 
 def request_digest(
@@ -38,9 +38,12 @@ def request_digest(
     that forwards callers' keys may answer; with shared entries, ``caller`` alone would
     not tell. A tuple, not one hash over everything: it saves serialising the fields and
     copying the body on every request. ``headers.plan``: the values of every header in
-    ``PLAN_HEADERS``, the one table of the headers that shape a plan, so none is left out.
+    ``PLAN_HEADERS``, the one table of the headers that shape a plan, so none is left out;
+    ``headers.forwardable``: the headers a route may pass upstream (``anthropic-beta``),
+    which change the entry key where it does.
     """
-    return (route, caller, with_credential, headers.plan, new_hash(body).digest())
+    plan, passed = headers.plan, headers.forwardable
+    return (route, caller, with_credential, plan, passed, new_hash(body).digest())
 
 
 class PlanMemo(Generic[Plan]):

@@ -22,6 +22,13 @@ def unsupported_model(model: str) -> Exception:
     )
 
 
+# Where a request for a model served only elsewhere may go instead.
+_OTHER_ENDPOINT = {
+    "completion": "chat/completions with `messages`",
+    "chat": "completions with a `prompt`",
+}
+
+
 class ModelRouter:
     def __init__(self, providers: Sequence[Provider], catalog: CatalogSource | None = None) -> None:
         if isinstance(providers, (str, bytes)) or not providers:
@@ -92,14 +99,10 @@ class ModelRouter:
         if not found:
             elsewhere = sorted({p.name for p in self.providers if p.serves(model)})
             if elsewhere:
-                other = (
-                    "chat/completions with `messages`"
-                    if endpoint == "completion"
-                    else "completions with a `prompt`"
-                )
+                hint = _OTHER_ENDPOINT.get(endpoint)
                 raise bad_request(
                     f"Model {model!r} is served by {elsewhere}, which do not support the "
-                    f"{endpoint} endpoint; send the request to {other}.",
+                    f"{endpoint} endpoint" + (f"; send the request to {hint}." if hint else "."),
                     param="model",
                     code="endpoint_not_supported",
                 )

@@ -14,7 +14,15 @@ from asgi_autoproxy.providers.base import Provider
 
 # GenAI semantic conventions: gen_ai.operation.name by upstream endpoint (or route, for
 # a request refused before its endpoint was known).
-OPERATIONS = {"chat": "chat", "completion": "text_completion"}
+OPERATIONS = {
+    "chat": "chat",
+    "chat_via_responses": "chat",
+    "completion": "text_completion",
+    "embeddings": "embeddings",
+    "responses": "chat",
+    "messages": "chat",
+    "anthropic": "chat",
+}
 # gen_ai.provider.name for the built-in kinds; any other provider is named as configured.
 _SYSTEMS: tuple[tuple[type, str], ...] = (
     (AzureOpenAIProvider, "azure.ai.openai"),

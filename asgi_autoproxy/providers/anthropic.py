@@ -29,10 +29,11 @@ _JSON = ("content-type", "application/json")
 
 
 class AnthropicProvider(HTTPProvider):
-    """Serves OpenAI chat requests from ``{base_url}/v1/messages``, translating both ways.
+    """Serves OpenAI chat requests from ``{base_url}/v1/messages``, translating both ways,
+    and Anthropic Messages requests (the native ``messages`` endpoint) as they are.
 
-    Chat only: a completion-flavour request routed here gets a 400. With ``api_key=None``
-    the caller's own key goes upstream as ``x-api-key``.
+    A completion-flavour request routed here gets a 400. With ``api_key=None`` the
+    caller's own key goes upstream as ``x-api-key``.
     """
 
     def __init__(
@@ -52,7 +53,7 @@ class AnthropicProvider(HTTPProvider):
             models=models,
             name=name,
             headers=headers,
-            endpoints=("chat",),
+            endpoints=("chat", "messages"),
         )
         if default_max_tokens < 1:
             raise ValueError("default_max_tokens must be a positive number of tokens")
@@ -62,6 +63,8 @@ class AnthropicProvider(HTTPProvider):
         self._version = anthropic_version
 
     async def send(self, request: UpstreamRequest, client: httpx.AsyncClient) -> UpstreamResponse:
+        if request.endpoint == "messages":
+            return await self._send_native(request, client)
         translated = to_messages_request(
             request.payload, default_max_tokens=self._default_max_tokens
         )
@@ -114,3 +117,16 @@ class AnthropicProvider(HTTPProvider):
             # Asked for a stream, got a whole message: answer as a one-chunk stream.
             return completion_as_stream(body, passed, called=called)
         return UpstreamResponse.from_bytes(200, body, [*passed, _JSON], called=called)
+
+    async def _send_native(
+        self, request: UpstreamRequest, client: httpx.AsyncClient
+    ) -> UpstreamResponse:
+        """The caller's Messages body, byte for byte, and Anthropic's answer as it comes;
+        the caller's ``anthropic-version`` and ``anthropic-beta`` go along."""
+        headers = self.base_headers(request)
+        headers["anthropic-version"] = self._version
+        headers.update(request.headers)
+        key = self.key_for(request.credential)
+        if key:
+            headers["x-api-key"] = key
+        return await self.post(client, self._url, headers, request.body)

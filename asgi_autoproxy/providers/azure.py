@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import httpx
 
+from asgi_autoproxy import _json
 from asgi_autoproxy.errors import bad_request
 from asgi_autoproxy.providers import chat_via_responses
 from asgi_autoproxy.providers.base import (
@@ -23,9 +24,16 @@ DEFAULT_API_VERSION = "2024-10-21"
 _DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
+AZURE_ENDPOINTS: tuple[Endpoint, ...] = ("chat", "completion", "embeddings", "responses")
+"""What Azure OpenAI serves: no moderations (its content filter runs on every call)."""
+
+
 class AzureOpenAIProvider(HTTPProvider):
     """Forwards the caller's body, unchanged, to
-    ``{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=...``.
+    ``{endpoint}/openai/deployments/{deployment}/chat/completions?api-version=...`` (or
+    ``/completions``, ``/embeddings``). Responses go to Azure's v1 API,
+    ``{endpoint}/openai/v1/responses``, which names the deployment in the body's
+    ``model``: a mapped model's name is replaced there by its deployment's.
 
     ``deployments`` maps model names to deployment names; a model not in it goes to the
     deployment of the same name. ``models`` defaults to the mapping's keys, or to every
@@ -46,7 +54,7 @@ class AzureOpenAIProvider(HTTPProvider):
         models: Sequence[str] | None = None,
         name: str | None = None,
         headers: Mapping[str, str] | None = None,
-        endpoints: Sequence[Endpoint] = ("chat", "completion"),
+        endpoints: Sequence[Endpoint] = AZURE_ENDPOINTS,
     ) -> None:
         super().__init__(
             url=endpoint,
@@ -80,8 +88,10 @@ class AzureOpenAIProvider(HTTPProvider):
 
     def url(self, model: str, endpoint: Endpoint) -> httpx.URL:
         deployment = self._deployment(model)
-        if endpoint == "chat_via_responses":
+        if endpoint in ("responses", "chat_via_responses"):
             return httpx.URL(f"{self.endpoint}/openai/v1/responses")
+        if endpoint not in ENDPOINT_PATHS:
+            raise bad_request(f"Azure OpenAI does not serve the {endpoint} endpoint.")
         return httpx.URL(
             f"{self.endpoint}/openai/deployments/{deployment}/{ENDPOINT_PATHS[endpoint]}",
             params={"api-version": self._api_version},
@@ -100,4 +110,9 @@ class AzureOpenAIProvider(HTTPProvider):
 
             model = self._deployment(request.model)
             return await chat_via_responses.send(post, request, model=model)
-        return await self.post(client, url, headers, request.body)
+        body = request.body
+        if request.endpoint == "responses":
+            deployment = self._deployment(request.model)
+            if deployment != request.model:  # the v1 API reads the deployment from the body
+                body = _json.dumps({**request.payload, "model": deployment})
+        return await self.post(client, url, headers, body)

@@ -15,14 +15,30 @@ from asgi_autoproxy._http.clients import direct_lane
 from asgi_autoproxy._http.decoding import decoded_chunks
 from asgi_autoproxy.errors import ResponseTooLarge
 
-Endpoint = Literal["chat", "completion", "chat_via_responses"]
-"""The upstream API a request goes to. ``chat_via_responses``: a chat request for a model
-that only the Responses API serves, translated both ways by the provider."""
+Endpoint = Literal[
+    "chat", "completion", "chat_via_responses", "embeddings", "moderations", "responses", "messages"
+]
+"""The upstream API a request goes to: OpenAI's chat, completions, embeddings, moderations
+and Responses APIs, and Anthropic's native Messages API (``messages``).
+``chat_via_responses``: a chat request for a model that only the Responses API serves,
+translated both ways by the provider."""
 ENDPOINT_PATHS: dict[Endpoint, str] = {
     "chat": "chat/completions",
     "completion": "completions",
     "chat_via_responses": "responses",
+    "embeddings": "embeddings",
+    "moderations": "moderations",
+    "responses": "responses",
 }
+"""Where an OpenAI-compatible server serves each of its endpoints, below its base URL."""
+OPENAI_ENDPOINTS: tuple[Endpoint, ...] = (
+    "chat",
+    "completion",
+    "embeddings",
+    "moderations",
+    "responses",
+)
+"""What ``OpenAIProvider`` serves by default (``chat_via_responses`` comes with chat)."""
 
 
 @dataclass(slots=True)
@@ -56,6 +72,9 @@ class UpstreamRequest:
     usage_requested: bool = False
     """The proxy added ``stream_options.include_usage`` to ``body`` (not to ``payload``);
     the usage-only chunk the upstream then sends is left out of the caller's stream."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """Caller headers the route passes upstream (``anthropic-version``...): lower-case
+    names, each once. A provider adds them to its own where it speaks that API."""
 
 
 def shown_url(url: str | httpx.URL) -> str:

@@ -9,6 +9,7 @@ import httpx
 from asgi_autoproxy.providers import chat_via_responses
 from asgi_autoproxy.providers.base import (
     ENDPOINT_PATHS,
+    OPENAI_ENDPOINTS,
     Endpoint,
     HTTPProvider,
     UpstreamRequest,
@@ -17,9 +18,11 @@ from asgi_autoproxy.providers.base import (
 
 
 class OpenAIProvider(HTTPProvider):
-    """Forwards the caller's JSON body, unchanged, to ``{base_url}/chat/completions`` or
-    ``{base_url}/completions``. Chat requests for a model the catalog marks ``responses``
-    go to ``{base_url}/responses``, translated both ways.
+    """Forwards the caller's JSON body, unchanged, to ``{base_url}/chat/completions``,
+    ``/completions``, ``/embeddings``, ``/moderations`` or ``/responses``; ``endpoints``
+    narrows that for a server that lacks some (most local servers have no moderations).
+    Chat requests for a model the catalog marks ``responses`` go to
+    ``{base_url}/responses``, translated both ways.
 
     With ``api_key=None`` the caller's own bearer key goes upstream (pass-through);
     otherwise the server-side key does and the caller's never leaves the proxy.
@@ -33,7 +36,7 @@ class OpenAIProvider(HTTPProvider):
         models: Sequence[str] = ("*",),
         name: str | None = None,
         headers: Mapping[str, str] | None = None,
-        endpoints: Sequence[Endpoint] = ("chat", "completion"),
+        endpoints: Sequence[Endpoint] = OPENAI_ENDPOINTS,
     ) -> None:
         super().__init__(
             url=base_url,
@@ -43,6 +46,11 @@ class OpenAIProvider(HTTPProvider):
             headers=headers,
             endpoints=chat_via_responses.with_responses(endpoints),
         )
+        unknown = sorted(set(endpoints) - set(ENDPOINT_PATHS))
+        if unknown:
+            raise ValueError(
+                f"endpoints {unknown} are not OpenAI's; use some of {OPENAI_ENDPOINTS}"
+            )
         self.base_url = base_url.rstrip("/")
         # Percent-encoded once, as httpx would on every request.
         self._urls = {

@@ -14,7 +14,7 @@ import pytest
 
 from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, openapi_document
 from asgi_autoproxy._cache.remembered_plans import request_digest
-from asgi_autoproxy._headers import PLAN_HEADERS, RequestHeaders
+from asgi_autoproxy._headers import FORWARDABLE, PLAN_HEADERS, RequestHeaders
 from tests.conftest import CALLER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
 
@@ -57,6 +57,17 @@ def test_the_digest_tells_each_table_header_apart(name: bytes) -> None:
 
     digests = {digest(), digest((name, first.encode())), digest((name, second.encode()))}
     assert len(digests) == 3
+
+
+@pytest.mark.parametrize("name", sorted(FORWARDABLE), ids=[n.decode() for n in sorted(FORWARDABLE)])
+def test_the_digest_tells_each_forwardable_header_apart(name: bytes) -> None:
+    """A route that passes it upstream keys its entries by it (anthropic-beta...), so a
+    plan remembered without it must never serve a request with it."""
+
+    def digest(*raw: tuple[bytes, bytes]) -> object:
+        return request_digest("anthropic", "caller", True, RequestHeaders(raw), b"{}")
+
+    assert len({digest(), digest((name, b"a")), digest((name, b"b"))}) == 3
 
 
 async def post(app: AutoProxyMiddleware, body: Any, headers: dict[str, str]) -> httpx.Response:
@@ -102,7 +113,8 @@ async def test_requests_differing_in_one_table_header_never_share_a_plan(
 def test_the_openapi_document_describes_every_table_header_on_the_post_routes() -> None:
     document = openapi_document()
     posts = [item["post"] for item in document["paths"].values() if "post" in item]
-    assert len(posts) == 3
+    assert len(posts) == 8  # auto, chat, completions, embeddings, moderations, responses,
+    # and the Anthropic route's two spellings
     for operation in posts:
         parameters = {p["name"]: p for p in operation["parameters"] if p["in"] == "header"}
         for header in PLAN_HEADERS:

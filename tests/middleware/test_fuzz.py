@@ -2,7 +2,8 @@
 
 Random bytes, random JSON, wrong types in known fields, odd headers and odd methods.
 Whatever comes in: never a 500, never a traceback, never a secret, never a hang, and
-every error is OpenAI-shaped.
+every error carries OpenAI's four fields (on the Anthropic route, inside Anthropic's
+envelope).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asgi_autoproxy import AutoProxyMiddleware, Limits, OpenAIProvider
+from asgi_autoproxy import AnthropicProvider, AutoProxyMiddleware, Limits, OpenAIProvider
 from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy
+from tests.fake_anthropic import FakeAnthropic
 from tests.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.anyio
@@ -34,6 +36,11 @@ ROUTES = [
     "/v1/proxy/chat/completions",
     "/v1/proxy/completions",
     "/v1/proxy/models",
+    "/v1/proxy/embeddings",
+    "/v1/proxy/moderations",
+    "/v1/proxy/responses",
+    "/v1/proxy/anthropic/v1/messages",
+    "/v1/proxy/anthropic/messages",
     "/v1/proxy/credentials",
 ]
 CREDENTIALS_SECRET = "fuzz-credentials-secret-0123456789-abcdefgh"
@@ -42,10 +49,13 @@ AUTH = (b"authorization", f"Bearer {CALLER_KEY}".encode())
 
 
 @pytest.fixture
-async def proxy(make_proxy: MakeProxy, upstream_url: str) -> AsyncIterator[AutoProxyMiddleware]:
+async def proxy(
+    make_proxy: MakeProxy, upstream_url: str, claude_url: str
+) -> AsyncIterator[AutoProxyMiddleware]:
     provider = OpenAIProvider(base_url=upstream_url, api_key=SERVER_KEY, name="paid")
+    claude = AnthropicProvider(base_url=claude_url, api_key=SERVER_KEY, name="claude")
     yield make_proxy(
-        providers=[provider],
+        providers=[claude, provider],
         api_keys={CALLER_KEY: "fuzzer"},
         credentials_secret=CREDENTIALS_SECRET,
         limits=Limits(max_body_size=64 * 1024, max_json_depth=16),
@@ -105,6 +115,8 @@ models = st.sampled_from(
         "o3-pro",  # served only by /responses: chat requests for it are translated
         "gpt-5.3-codex",
         "text-embedding-3-small",
+        "omni-moderation-latest",
+        "claude-sonnet-4-5",
         "http://evil.invalid/x",
         "",
         " ",
@@ -126,6 +138,10 @@ known_fields = st.fixed_dictionaries(
             max_size=3,
         ),
         "prompt": json_values,
+        "input": json_values,
+        "max_tokens": json_values,
+        "previous_response_id": json_values,
+        "store": json_values,
         "stream": st.booleans() | json_values,
         "temperature": st.sampled_from([0, 0.0, 1, -1, 1e308]) | json_values,
         "seed": st.integers(min_value=-(2**70), max_value=2**70) | json_values,
@@ -146,6 +162,8 @@ header_names = st.sampled_from(
         "host",
         "cookie",
         "x-bt-org-name",
+        "anthropic-version",
+        "anthropic-beta",
         "connection",
         "transfer-encoding",
     ]
@@ -251,12 +269,16 @@ async def test_odd_methods(
 @FUZZ
 @given(path=st.sampled_from(ROUTES), token=odd_values)
 async def test_only_the_right_key_gets_in(
-    proxy: AutoProxyMiddleware, upstream: FakeUpstream, path: str, token: str
+    proxy: AutoProxyMiddleware,
+    upstream: FakeUpstream,
+    claude: FakeAnthropic,
+    path: str,
+    token: str,
 ) -> None:
     headers = [(b"authorization", token.encode("latin-1")), (b"x-api-key", token.encode("latin-1"))]
     method = "GET" if path.endswith("/models") else "POST"
     body = json.dumps({"model": "gpt-4o-mini", "messages": []}).encode()
-    calls_before = upstream.calls
+    calls_before = upstream.calls, len(claude.requests)
     response = await send(proxy, method, path, content=body, headers=headers)
     check(response)
     scheme, _, rest = token.strip().partition(" ")
@@ -265,7 +287,7 @@ async def test_only_the_right_key_gets_in(
     )
     if not valid:
         assert response.status_code == 401
-        assert upstream.calls == calls_before
+        assert (upstream.calls, len(claude.requests)) == calls_before
 
 
 def _b64(data: bytes) -> str:

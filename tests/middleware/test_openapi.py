@@ -16,8 +16,11 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider, openapi_document
+from asgi_autoproxy import AnthropicProvider, AutoProxyMiddleware, OpenAIProvider, openapi_document
+from asgi_autoproxy._gate.credentials import TemporaryCredentials
+from asgi_autoproxy._routes import AUTO, SIBLINGS, route_table
 from tests.conftest import CALLER_KEY, SERVER_KEY, inner_app
+from tests.fake_anthropic import FakeAnthropic
 from tests.fake_upstream import FakeUpstream
 from tests.servers import ServerThread, serve
 
@@ -25,14 +28,21 @@ CREDENTIALS_SECRET = "openapi-credentials-secret-0123456789-abcdefgh"
 
 
 @pytest.fixture(scope="module")
-def live_proxy(_upstream_server: tuple[FakeUpstream, ServerThread]) -> Iterator[str]:
-    """The middleware under a real uvicorn server, holding a provider key."""
+def live_proxy(
+    _upstream_server: tuple[FakeUpstream, ServerThread],
+    _anthropic_server: tuple[FakeAnthropic, ServerThread],
+) -> Iterator[str]:
+    """The middleware under a real uvicorn server, holding provider keys. Every model
+    reaches a provider on every route: Anthropic's Messages API serves any model here."""
     provider = OpenAIProvider(
         base_url=_upstream_server[1].url + "/v1", api_key=SERVER_KEY, name="paid"
     )
+    claude = AnthropicProvider(
+        base_url=_anthropic_server[1].url, api_key=SERVER_KEY, models=["*"], name="claude"
+    )
     app = AutoProxyMiddleware(
         inner_app(),
-        providers=[provider],
+        providers=[provider, claude],
         api_keys={CALLER_KEY: "schemathesis"},
         credentials_secret=CREDENTIALS_SECRET,
         timeout=10,
@@ -43,7 +53,16 @@ def live_proxy(_upstream_server: tuple[FakeUpstream, ServerThread]) -> Iterator[
 
 # Schemathesis' own pytest plugin does not run under pytest 9; its Hypothesis
 # strategies do, and drive the same checks through `call_and_validate`.
-SCHEMA = schemathesis.openapi.from_dict(openapi_document(endpoint_names=["paid"], credentials=True))
+SCHEMA = schemathesis.openapi.from_dict(
+    openapi_document(
+        endpoint_names={
+            **{e: ["paid"] for e in ("chat", "completion", "embeddings", "moderations")},
+            "responses": ["paid"],
+            "messages": ["claude"],
+        },
+        credentials=True,
+    )
+)
 
 
 @SCHEMA.auth()
@@ -113,8 +132,40 @@ def test_document_follows_the_configured_path() -> None:
         "/api/llm/completions",
         "/api/llm/models",
         "/api/llm/models/{model}",
+        "/api/llm/embeddings",
+        "/api/llm/moderations",
+        "/api/llm/responses",
+        "/api/llm/anthropic/v1/messages",
+        "/api/llm/anthropic/messages",
     }
     assert set(openapi_document(sibling_routes=False)["paths"]) == {"/v1/proxy/auto"}
+
+
+@pytest.mark.parametrize("credentials", [True, False])
+@pytest.mark.parametrize("siblings", [True, False])
+def test_every_served_route_is_described_with_its_method(siblings: bool, credentials: bool) -> None:
+    """The route table and the description cannot drift apart: a new row needs its path."""
+    signer = TemporaryCredentials(CREDENTIALS_SECRET) if credentials else None
+    served = route_table("/x/auto", siblings=siblings, credentials=signer)
+    doc = openapi_document("/x/auto", sibling_routes=siblings, credentials=credentials)
+    rows = [AUTO, *(SIBLINGS if siblings else ()), *([signer] if signer else [])]
+    assert len(doc["paths"]) == len(rows)
+    described = set()
+    for path, item in doc["paths"].items():
+        route = served.get(path.replace("{model}", "gpt-4o"))
+        assert route is not None, path
+        assert list(item) == [route.method.lower()]
+        described.add(route.suffix)
+    assert len(described) == len(rows)  # each row once
+
+
+def test_the_anthropic_route_describes_anthropics_errors_and_headers() -> None:
+    operation = openapi_document()["paths"]["/v1/proxy/anthropic/v1/messages"]["post"]
+    assert operation["responses"]["401"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AnthropicError"
+    }
+    names = {parameter["name"] for parameter in operation["parameters"]}
+    assert {"anthropic-version", "anthropic-beta", "x-bt-use-cache"} <= names
 
 
 def test_credentials_route_is_described_when_enabled() -> None:

@@ -38,7 +38,9 @@ class InnerApp:
                 Route("/stream", self.stream),
                 Route("/v1/proxy/autox", self.named),
                 Route("/v1/proxy/auto/x", self.named, methods=["GET", "POST"]),
-                Route("/v1/proxy/embeddings", self.named, methods=["POST"]),
+                Route("/v1/proxy/audio/speech", self.named, methods=["POST"]),
+                Route("/v1/proxy/anthropic", self.named, methods=["POST"]),
+                Route("/v1/proxy/anthropic/v1/messages/count_tokens", self.named, methods=["POST"]),
                 WebSocketRoute("/ws", self.websocket),
             ],
             lifespan=self.lifespan,
@@ -131,7 +133,16 @@ async def test_unknown_paths_get_the_inner_apps_404(
     assert upstream.calls == 0
 
 
-@pytest.mark.parametrize("path", ["/v1/proxy/autox", "/v1/proxy/auto/x", "/v1/proxy/embeddings"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/proxy/autox",
+        "/v1/proxy/auto/x",
+        "/v1/proxy/audio/speech",  # an OpenAI route the proxy does not serve
+        "/v1/proxy/anthropic/v1/messages/count_tokens",
+        "/v1/proxy/anthropic",
+    ],
+)
 async def test_near_miss_paths_go_to_the_inner_app(
     http: httpx.AsyncClient, upstream: FakeUpstream, path: str
 ) -> None:
