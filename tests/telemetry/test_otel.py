@@ -488,3 +488,24 @@ def test_opentelemetry_true_uses_the_global_providers() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "SPANS [('models', 'models')]" in done.stdout
+
+
+async def test_an_embeddings_request_is_an_embeddings_span(
+    make_proxy: MakeProxy, otel: Otel, upstream: FakeUpstream
+) -> None:
+    body = {"model": "text-embedding-3-small", "input": ["a", "b"]}
+    async with serving(make_proxy(**otel.keywords())) as http:
+        response = await http.post("/v1/proxy/embeddings", json=body)
+    assert response.status_code == 200, response.text
+    (span,) = otel.requests()
+    assert span.name == "embeddings text-embedding-3-small"
+    a = attrs(span)
+    assert a["gen_ai.operation.name"] == "embeddings"
+    assert a["gen_ai.request.model"] == "text-embedding-3-small"
+    assert a["gen_ai.response.model"] == "text-embedding-3-small"
+    assert a["gen_ai.provider.name"] == "openai"
+    assert a["gen_ai.usage.input_tokens"] == 5
+    assert a["autoproxy.route"] == "embeddings"
+    (attempt,) = otel.attempts_of(span)
+    assert attempt.name == "embeddings text-embedding-3-small"
+    assert "stream_options" not in upstream.requests[0].json  # never on other APIs
