@@ -177,6 +177,10 @@ class TraceListener(Protocol):
 
     def attempt_ended(self, attempt: Attempt) -> None: ...
 
+    def answered(self, answer: dict[str, Any]) -> None:
+        """A whole 2xx answer arrived (for ``capture_content``)."""
+        ...
+
 
 class RequestTrace:
     """Mutable per-request notes, turned into a ``RequestRecord`` when the request ends."""
@@ -229,6 +233,8 @@ class RequestTrace:
         """Notes a whole 2xx JSON answer: its ``usage`` (as its API reports it), model and
         finish reason."""
         self.usage = usage
+        if self.listener is not None:
+            self.listener.answered(answer)
         model = answer.get("model")
         if isinstance(model, str):
             self.response_model = model

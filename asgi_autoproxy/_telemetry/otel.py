@@ -199,6 +199,8 @@ class OTelRequests:
             attributes["autoproxy.client_disconnected"] = True
         if listener.content is not None:
             attributes["gen_ai.input.messages"] = listener.content
+        if listener.output is not None:
+            attributes["gen_ai.output.messages"] = listener.output
         if error is not None:
             attributes["error.type"] = error
             if record.status is None or record.status >= 500 or record.error is not None:
@@ -228,7 +230,7 @@ def _observe(
 class RequestSpan:
     """One request's span, and the child span of its upstream attempt in progress."""
 
-    __slots__ = ("_attempt", "_owner", "_token", "content", "method", "span")
+    __slots__ = ("_attempt", "_owner", "_token", "content", "method", "output", "span")
 
     def __init__(self, owner: OTelRequests, span: trace.Span, method: str) -> None:
         self._owner = owner
@@ -238,6 +240,8 @@ class RequestSpan:
         self._token: object | None = None
         self.content: str | None = None
         """The prompt, with ``capture_content`` only."""
+        self.output: str | None = None
+        """A whole answer's choices, with ``capture_content`` only."""
 
     def attempt_started(self, provider: str, request: Any) -> None:
         owner = self._owner
@@ -269,6 +273,10 @@ class RequestSpan:
         if owner.capture_content and self.content is None:
             self.content = _input_messages(request.payload)
 
+    def answered(self, answer: dict[str, Any]) -> None:
+        if self._owner.capture_content:
+            self.output = _json_text(answer.get("choices", answer.get("output")))
+
     def attempt_ended(self, attempt: Attempt) -> None:
         child, token = self._attempt, self._token
         self._attempt = self._token = None
@@ -295,8 +303,11 @@ def _put(attributes: dict[str, Any], name: str, value: int | None) -> None:
 
 
 def _input_messages(payload: dict[str, Any]) -> str:
-    """The request's messages (or prompt) as JSON, for ``gen_ai.input.messages``."""
-    found = payload.get("messages", payload.get("prompt"))
+    """The request's messages (or prompt, or input) as JSON, for ``gen_ai.input.messages``."""
+    return _json_text(payload.get("messages", payload.get("prompt", payload.get("input"))))
+
+
+def _json_text(found: object) -> str:
     try:
         return json.dumps(found, ensure_ascii=False)
     except (TypeError, ValueError):

@@ -297,7 +297,7 @@ async def test_prompts_go_on_spans_only_when_asked(
     secret_prompt = "my very private prompt"
     async with serving(make_proxy(**otel.keywords())) as http:
         await http.post("/v1/proxy/auto", json=chat_body(secret_prompt))
-    for span in otel.finished():
+    for span in otel.finished():  # neither the prompt nor the (echoing) completion
         assert secret_prompt not in json.dumps({k: str(v) for k, v in attrs(span).items()})
     otel.spans.clear()
     async with serving(make_proxy(capture_content=True, **otel.keywords())) as http:
@@ -306,6 +306,8 @@ async def test_prompts_go_on_spans_only_when_asked(
     assert json.loads(attrs(span)["gen_ai.input.messages"]) == [
         {"role": "user", "content": secret_prompt}
     ]
+    (choice,) = json.loads(attrs(span)["gen_ai.output.messages"])
+    assert choice["message"]["content"].endswith(secret_prompt)  # the fake echoes it
 
 
 @pytest.mark.parametrize(
