@@ -16,7 +16,13 @@ from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPoli
 from asgi_autoproxy.config import CacheOptions, Limits
 from asgi_autoproxy.errors import ProxyError
 from asgi_autoproxy.middleware import AutoProxyMiddleware
-from asgi_autoproxy.observability import CacheStatus, RequestHook, RequestRecord, TokenUsage
+from asgi_autoproxy.observability import (
+    Attempt,
+    CacheStatus,
+    RequestHook,
+    RequestRecord,
+    TokenUsage,
+)
 from asgi_autoproxy.openapi import openapi_document
 from asgi_autoproxy.providers import (
     AnthropicProvider,
@@ -34,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BUILTIN_CATALOG",
     "AnthropicProvider",
+    "Attempt",
     "Authenticate",
     "AutoProxyMiddleware",
     "AzureOpenAIProvider",

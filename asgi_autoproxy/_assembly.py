@@ -80,6 +80,7 @@ def assemble(
     token_limit: TokenLimit | None = None,
     spend_budget: SpendBudget | None = None,
     shared_state: SharedState | None = None,
+    stream_usage: bool = True,
     credentials: TemporaryCredentials | None = None,
 ) -> Assembly:
     if not path.startswith("/") or path.endswith("/"):
@@ -154,6 +155,7 @@ def assemble(
         ),
         max_response_size=limits.max_response_size,
         max_event_size=limits.max_event_size,
+        stream_usage=stream_usage,
     )
     return Assembly(
         pipeline=pipeline,

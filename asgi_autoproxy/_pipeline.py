@@ -29,12 +29,15 @@ from asgi_autoproxy._relay import Relay
 from asgi_autoproxy._routes import Route, depends_on_server_state, passed_headers, upstream_body
 from asgi_autoproxy._routing.model_router import ModelRouter
 from asgi_autoproxy._upstream.dispatch import Dispatcher
+from asgi_autoproxy._upstream.stream_usage import body_asking_for_usage
 from asgi_autoproxy.errors import ProxyError, internal_error, unauthorized
 from asgi_autoproxy.providers.base import Endpoint, Provider, UpstreamRequest
 
 logger = logging.getLogger("asgi_autoproxy")
 
 _MAX_FOLLOW_ATTEMPTS = 3
+# Endpoints whose streams report usage only when asked (stream_options.include_usage).
+_ASKS_USAGE = frozenset({"chat", "completion"})
 
 
 @dataclass(slots=True)
@@ -64,6 +67,7 @@ class Pipeline:
         relay: Relay,
         max_response_size: int,
         max_event_size: int,
+        stream_usage: bool = True,
     ) -> None:
         self.router = router
         self._auth = auth
@@ -77,6 +81,7 @@ class Pipeline:
         self._relay = relay
         self._max_response_size = max_response_size
         self._max_event_size = max_event_size
+        self._stream_usage = stream_usage
 
     async def serve(self, request: ProxyRequest, call: Call) -> None:
         """Gate, route, cache, dispatch and relay one request; errors become answers."""
@@ -151,6 +156,7 @@ class Pipeline:
                 max_response_size=self._max_response_size,
                 max_event_size=self._max_event_size,
                 headers=passed_headers(route, headers),
+                trace_context=headers.trace_context,
             )
             plan = None
             if cache is not None and not depends_on_server_state(route, payload):
@@ -173,6 +179,11 @@ class Pipeline:
             looked_up = remembered is not None and plan is not None and remembered.key == plan.key
             # After the plan: entries are keyed on what the caller sent (_routing/params.py).
             upstream = self.router.rewrite(upstream)
+            if self._stream_usage and endpoint in _ASKS_USAGE:
+                # Usage on streams too (_upstream/stream_usage.py): only the bytes sent change.
+                with_usage = body_asking_for_usage(upstream.payload, upstream.body)
+                if with_usage is not None:
+                    upstream.body, upstream.usage_requested = with_usage, True
             await self._answer(call, candidates, upstream, plan, request.receive, looked_up)
             if callers is not None and callers.charges and call.trace.cache in (None, "MISS"):
                 # Charged after the answer, from the usage it reported; hits cost nothing.
@@ -272,10 +283,19 @@ class Pipeline:
         request: UpstreamRequest,
         tee: Tee | None,
     ) -> None:
-        provider, response = await self._dispatcher.send(candidates, request, self._clients.get())
+        provider, response = await self._dispatcher.send(
+            candidates, request, self._clients.get(), call.trace
+        )
         response.headers.append(("x-bt-used-endpoint", provider.name))
         try:
-            await self._relay.upstream(call, provider, response, tee, stream=request.stream)
+            await self._relay.upstream(
+                call,
+                provider,
+                response,
+                tee,
+                stream=request.stream,
+                strip_usage=request.usage_requested,
+            )
         finally:
             # The exchange is over: a caller leaving now must not cut the close short
             # (the task's own cancel, unlike anyio's, goes through anyio's shield).

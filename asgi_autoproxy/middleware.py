@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 import anyio
 import httpx
@@ -34,6 +34,7 @@ from asgi_autoproxy._pipeline import ProxyRequest
 from asgi_autoproxy._routes import Route
 from asgi_autoproxy._routing.catalog import CatalogSource
 from asgi_autoproxy._shutdown import LAST_WORDS_WAIT, InFlightRequests, close_backend, cut_short
+from asgi_autoproxy._telemetry import TelemetryOptions, build_telemetry, log_startup
 from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
 from asgi_autoproxy.errors import ProxyError, server_shutting_down
@@ -90,6 +91,13 @@ class AutoProxyMiddleware:
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         on_request: RequestHook | None = None,
         http_transport: TransportChoice = "auto",
+        stream_usage: bool = True,
+        opentelemetry: bool = False,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        capture_content: bool = False,
+        metrics_path: str | None = None,
+        metrics_token: str | None = None,
         credentials_secret: str | None = None,
         credentials_denylist: bool = False,
         cors_origins: Sequence[CorsOrigin] | None = None,
@@ -142,6 +150,7 @@ class AutoProxyMiddleware:
             token_limit=token_limit,
             spend_budget=spend_budget,
             shared_state=self._shared,
+            stream_usage=stream_usage,
             credentials=self._credentials,
         )
         self.app = app
@@ -156,13 +165,32 @@ class AutoProxyMiddleware:
         self._in_flight = InFlightRequests()
         self._closed = False
         self._reporter = RequestReporter(on_request)
+        # Traces and metrics (_telemetry/): None unless turned on, and then not imported.
+        self._telemetry = build_telemetry(
+            TelemetryOptions(
+                opentelemetry=opentelemetry,
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+                capture_content=capture_content,
+                metrics_path=metrics_path,
+                metrics_token=metrics_token,
+            ),
+            providers=self.router.providers,
+            cache_entries=self._cache_entries,
+        )
+        self._metrics = None if self._telemetry is None else self._telemetry.prometheus
+        self._metrics_path = None if self._metrics is None else metrics_path
+        if self._metrics_path is not None and self._routes.get(self._metrics_path) is not None:
+            raise ValueError(f"metrics_path {metrics_path!r} is one of the proxy's own routes")
+        log_startup(path, self.router.providers, self.cache, self._telemetry)
 
     # -- ASGI entry point -------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            route = self._routes.get(route_path(scope))
+            path = route_path(scope)
+            route = self._routes.get(path)
             if route is not None:
                 if self._cors is not None:  # a preflight is answered there and then
                     cors_send = await self._cors.gate(scope, route.method, send)
@@ -170,6 +198,9 @@ class AutoProxyMiddleware:
                         return
                     send = cors_send
                 await self._handle(route, scope, receive, send)
+                return
+            if path == self._metrics_path and self._metrics is not None:
+                await self._metrics.serve(scope, receive, send)
                 return
         elif kind == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
@@ -193,6 +224,11 @@ class AutoProxyMiddleware:
     @property
     def cache(self) -> CacheBackend | None:
         return None if self._cache is None else self._cache.backend
+
+    def _cache_entries(self) -> int | None:
+        """Entries in the cache, where the backend can say cheaply (memory)."""
+        backend = self.cache
+        return backend.entry_count if isinstance(backend, MemoryCache) else None
 
     async def drain(self) -> int:
         """Give requests in flight ``shutdown_grace`` seconds, then cut the rest: a 503
@@ -285,9 +321,14 @@ class AutoProxyMiddleware:
         if self._closed:  # no new client, no upstream call: say so, in OpenAI's shape
             await send_error(call, server_shutting_down())
             return
+        telemetry = self._telemetry
+        if telemetry is not None:  # opens the request's span
+            call.trace.listener = telemetry.start(scope["method"], route.name, headers)
         try:
             cut = await self._in_flight.run(self._serve(route, call, scope, headers, receive))
         except anyio.get_cancelled_exc_class():
+            if telemetry is not None:
+                telemetry.abandon(call.trace.listener)
             # Cancelled by someone else: most often the server giving up at shutdown
             # (uvicorn past --timeout-graceful-shutdown), which would answer a bare
             # text/plain 500 or end a stream without a word. Say so first (best effort,
@@ -298,7 +339,7 @@ class AutoProxyMiddleware:
             raise
         if cut:
             await cut_short(call)
-        if self._reporter.enabled:
+        if self._reporter.enabled or telemetry is not None:
             record = call.trace.record(
                 request_id=call.request_id,
                 method=scope["method"],
@@ -306,6 +347,8 @@ class AutoProxyMiddleware:
                 caller_id=None if call.caller is None else call.caller.id,
                 credential_id=_credential_id(call),
             )
+            if telemetry is not None:
+                telemetry.finish(call.trace.listener, record)
             await self._reporter.report(record)
 
     async def _serve(

@@ -41,8 +41,22 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cache", ("_cache",)),
     ("upstream", ("_upstream",)),
     ("pipeline", ("_call", "_routes", "_relay", "_pipeline", "_shutdown")),
+    ("telemetry", ("_telemetry",)),
     ("middleware", ("config", "_assembly", "middleware")),
-    ("entry points", ("cli", "_server", "_workers", "_heap", "openapi", "__init__", "__main__")),
+    (
+        "entry points",
+        (
+            "cli",
+            "_gateway",
+            "_logs",
+            "_server",
+            "_workers",
+            "_heap",
+            "openapi",
+            "__init__",
+            "__main__",
+        ),
+    ),
 ]
 
 

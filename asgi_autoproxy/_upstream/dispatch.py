@@ -23,6 +23,8 @@ Rules, in short:
   soon as its headers arrive: the caller gets them while the first event is read.
 - A provider that fails ``Cooldown.after_failures`` times in a row is tried last for
   ``Cooldown.seconds``, so requests stop paying its timeout while healthy ones exist.
+- An ``AttemptObserver`` passed to ``send`` hears of each attempt as it starts and ends
+  (the request record, and a child span when tracing is on); nothing here knows more.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 import anyio
 import httpx
@@ -43,6 +45,7 @@ from asgi_autoproxy._shared.state import SharedState
 from asgi_autoproxy._sse import EventSplitter, event_data, is_error
 from asgi_autoproxy._upstream.shared_health import ProviderHealth, SharedHealth
 from asgi_autoproxy.errors import ProxyError, ResponseTooLarge, bad_request, upstream_too_large
+from asgi_autoproxy.observability import AttemptOutcome
 from asgi_autoproxy.providers.base import Provider, UpstreamRequest, UpstreamResponse
 
 logger = logging.getLogger("asgi_autoproxy")
@@ -55,6 +58,14 @@ _LOAD_BALANCING: frozenset[str] = frozenset(get_args(LoadBalancing))
 _MAX_FAILED_BODY = 64 * 1024
 # How far to read into a stream looking for its first data event.
 _MAX_PEEK = 256 * 1024
+
+
+class AttemptObserver(Protocol):
+    """Hears of each upstream attempt (``observability.RequestTrace`` is one)."""
+
+    def attempt_started(self, provider: str, request: UpstreamRequest) -> None: ...
+
+    def attempt_ended(self, provider: str, status: int | None, outcome: AttemptOutcome) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,6 +118,7 @@ class Cooldown:
 class _Failure:
     provider: Provider
     reason: str
+    outcome: AttemptOutcome
     response: UpstreamResponse | None = None
     timed_out: bool = False
     retry_after: float | None = None
@@ -165,6 +177,7 @@ class Dispatcher:
         candidates: Sequence[Provider],
         request: UpstreamRequest,
         client: httpx.AsyncClient,
+        observer: AttemptObserver | None = None,
     ) -> tuple[Provider, UpstreamResponse]:
         if request.endpoint_name is not None:
             candidates = [_pinned(candidates, request)]
@@ -184,7 +197,16 @@ class Dispatcher:
             for provider in await self._order(candidates):
                 if (attempt_round or tried) and time.monotonic() - started > policy.deadline:
                     break
-                outcome = await self._attempt(provider, request, client, peek=peek)
+                if observer is not None:
+                    observer.attempt_started(provider.name, request)
+                try:
+                    outcome = await self._attempt(provider, request, client, peek=peek)
+                except BaseException as exc:
+                    if observer is not None:
+                        observer.attempt_ended(provider.name, None, _raised(exc))
+                    raise
+                if observer is not None:
+                    _observe_outcome(observer, provider, outcome)
                 if isinstance(outcome, UpstreamResponse):
                     await self.health.succeeded(provider.name)
                     return provider, outcome
@@ -233,10 +255,10 @@ class Dispatcher:
             raise upstream_too_large(provider.name, exceeded) from None
         except httpx.TimeoutException:
             await _close_quietly(response)
-            return _Failure(provider, "timed out", timed_out=True)
+            return _Failure(provider, "timed out", "timeout", timed_out=True)
         except httpx.TransportError as exc:
             await _close_quietly(response)
-            return _Failure(provider, f"connection failed: {type(exc).__name__}")
+            return _Failure(provider, f"connection failed: {type(exc).__name__}", "connect_error")
         except BaseException:
             await _close_quietly(response)
             raise
@@ -298,6 +320,22 @@ class Dispatcher:
         return delay
 
 
+def _raised(exc: BaseException) -> AttemptOutcome:
+    if isinstance(exc, ProxyError):
+        return "too_large" if exc.code == "upstream_response_too_large" else "error"
+    return "cancelled" if not isinstance(exc, Exception) else "error"
+
+
+def _observe_outcome(
+    observer: AttemptObserver, provider: Provider, outcome: UpstreamResponse | _Failure
+) -> None:
+    if isinstance(outcome, UpstreamResponse):
+        observer.attempt_ended(provider.name, outcome.status, "ok")
+    else:
+        status = None if outcome.response is None else outcome.response.status
+        observer.attempt_ended(provider.name, status, outcome.outcome)
+
+
 def _should_fail_over(status: int) -> bool:
     return status == 429 or status >= 500
 
@@ -337,6 +375,7 @@ async def _failed_response(provider: Provider, response: UpstreamResponse) -> _F
     return _Failure(
         provider,
         f"HTTP {response.status}",
+        "error_status",
         response=kept,
         retry_after=_retry_after(response.headers),
     )
@@ -358,7 +397,9 @@ async def _peeked(provider: Provider, response: UpstreamResponse) -> UpstreamRes
                 failure = UpstreamResponse.from_bytes(
                     200, b"".join(buffered), response.headers, called=response.called
                 )
-                return _Failure(provider, "error event before any data", response=failure)
+                return _Failure(
+                    provider, "error event before any data", "error_event", response=failure
+                )
             break
         if size > _MAX_PEEK:
             break
