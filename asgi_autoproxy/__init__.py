@@ -8,6 +8,7 @@ from asgi_autoproxy._cache.backends.redis import (
 from asgi_autoproxy._cache.policy import CacheDecision
 from asgi_autoproxy._cache.store import CacheStats
 from asgi_autoproxy._gate.auth import Authenticate, client_keys_from_env
+from asgi_autoproxy._gate.budgets import SpendBudget, TokenLimit
 from asgi_autoproxy._gate.limits import RateLimit
 from asgi_autoproxy._heap import freeze_startup_heap
 from asgi_autoproxy._routing.catalog import BUILTIN_CATALOG, ModelCatalog, ModelFlavor
@@ -15,7 +16,13 @@ from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPoli
 from asgi_autoproxy.config import CacheOptions, Limits
 from asgi_autoproxy.errors import ProxyError
 from asgi_autoproxy.middleware import AutoProxyMiddleware
-from asgi_autoproxy.observability import CacheStatus, RequestHook, RequestRecord, TokenUsage
+from asgi_autoproxy.observability import (
+    Attempt,
+    CacheStatus,
+    RequestHook,
+    RequestRecord,
+    TokenUsage,
+)
 from asgi_autoproxy.openapi import openapi_document
 from asgi_autoproxy.providers import (
     AnthropicProvider,
@@ -33,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BUILTIN_CATALOG",
     "AnthropicProvider",
+    "Attempt",
     "Authenticate",
     "AutoProxyMiddleware",
     "AzureOpenAIProvider",
@@ -59,6 +67,8 @@ __all__ = [
     "RequestRecord",
     "RetryPolicy",
     "SharedLockBackend",
+    "SpendBudget",
+    "TokenLimit",
     "TokenUsage",
     "UpstreamRequest",
     "UpstreamResponse",

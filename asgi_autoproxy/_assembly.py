@@ -6,19 +6,23 @@ it makes (auth, limits, cache, dispatch, clients, relay) lives in its own module
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
 from asgi_autoproxy._cache.backends.base import CacheBackend
+from asgi_autoproxy._cache.backends.redis import RedisCache
 from asgi_autoproxy._cache.facade import CachedAnswers
 from asgi_autoproxy._cache.policy import MAX_TTL, MIN_TTL
 from asgi_autoproxy._cache.store import ResponseCache
 from asgi_autoproxy._deadline import Deadline
 from asgi_autoproxy._gate.auth import Authenticate, CallerAuth
+from asgi_autoproxy._gate.budgets import SpendBudget, TokenLimit
 from asgi_autoproxy._gate.credentials import TemporaryCredentials
 from asgi_autoproxy._gate.limits import RateLimit, RequestLimits
+from asgi_autoproxy._gate.shared_limits import CallerLimits
 from asgi_autoproxy._http.client_types import UpstreamClient
 from asgi_autoproxy._http.clients import (
     DEFAULT_TIMEOUT,
@@ -31,10 +35,15 @@ from asgi_autoproxy._relay import Relay
 from asgi_autoproxy._routes import RouteTable, route_table
 from asgi_autoproxy._routing.catalog import CatalogSource
 from asgi_autoproxy._routing.model_router import ModelRouter
+from asgi_autoproxy._routing.pricing import Price
+from asgi_autoproxy._shared.state import SharedState
 from asgi_autoproxy._upstream.dispatch import Cooldown, Dispatcher, LoadBalancing, RetryPolicy
 from asgi_autoproxy._upstream.redact import provider_secrets
 from asgi_autoproxy.config import CacheOptions, Limits
 from asgi_autoproxy.providers.base import Provider
+
+if TYPE_CHECKING:
+    from asgi_autoproxy._shared.redis_link import Client
 
 
 @dataclass(slots=True)
@@ -69,6 +78,10 @@ def assemble(
     allow_anonymous: bool,
     rate_limit: RateLimit | None,
     http_transport: TransportChoice,
+    token_limit: TokenLimit | None = None,
+    spend_budget: SpendBudget | None = None,
+    shared_state: SharedState | None = None,
+    stream_usage: bool = True,
     credentials: TemporaryCredentials | None = None,
 ) -> Assembly:
     if not path.startswith("/") or path.endswith("/"):
@@ -88,7 +101,10 @@ def assemble(
         max_header_bytes=limits.max_header_bytes,
         max_json_depth=limits.max_json_depth,
         max_concurrent_upstream=limits.max_concurrent_upstream,
-        rate_limit=rate_limit,
+        # Rate, token and spend limits: in Redis when shared, else per process.
+        callers=caller_limits(
+            rate_limit, token_limit, spend_budget, shared_state, router.catalog.price
+        ),
     )
     # Longest first, so a key that contains another is replaced whole.
     found = {s for p in router.providers for s in provider_secrets(p)}
@@ -130,6 +146,7 @@ def assemble(
             retry=retry,
             cooldown=cooldown,
             provider_names=[p.name for p in router.providers],
+            shared=shared_state,  # cool-downs and round-robin turns across instances
         ),
         clients=clients,
         relay=Relay(
@@ -139,6 +156,7 @@ def assemble(
         ),
         max_response_size=limits.max_response_size,
         max_event_size=limits.max_event_size,
+        stream_usage=stream_usage,
     )
     return Assembly(
         pipeline=pipeline,
@@ -150,3 +168,36 @@ def assemble(
             None if limits.request_read_timeout is None else Deadline(limits.request_read_timeout)
         ),
     )
+
+
+def shared_state_for(
+    shared_state: str | Client | None, backend: CacheBackend | None, *, default: bool
+) -> SharedState | None:
+    """Where shared state lives: ``shared_state`` (a Redis URL or client, or None for
+    per process), or by ``default`` the RedisCache's own Redis, when the cache is one."""
+    if default:
+        if isinstance(backend, RedisCache):
+            return SharedState(backend.link, prefix=backend.prefix)
+        return None
+    if shared_state is None:
+        return None
+    return SharedState.connect(shared_state)
+
+
+def caller_limits(
+    rate: RateLimit | None,
+    tokens: TokenLimit | None,
+    spend: SpendBudget | None,
+    shared: SharedState | None,
+    price: Callable[[str], Price | None],
+) -> CallerLimits | None:
+    for keyword, value, kind in (
+        ("token_limit", tokens, TokenLimit),
+        ("spend_budget", spend, SpendBudget),
+        ("rate_limit", rate, RateLimit),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{keyword} must be a {kind.__name__}(...), got {value!r}")
+    if rate is None and tokens is None and spend is None:
+        return None
+    return CallerLimits(rate=rate, tokens=tokens, spend=spend, shared=shared, price=price)

@@ -164,6 +164,7 @@ class RequestHeaders:
         "plan",
         "request_id",
         "size",
+        "trace_context",
     )
 
     # Typed views of ``plan``, for mypy; the properties themselves come from the table.
@@ -179,6 +180,7 @@ class RequestHeaders:
         api_key: bytes | None = None
         content_length: bytes | None = None
         request_id: str | None = None
+        trace: list[tuple[str, str]] | None = None
         plan: list[str | None] | None = None  # made at the first plan header: most send none
         forwardable: list[tuple[str, str]] | None = None
         for name, value in raw:
@@ -197,6 +199,8 @@ class RequestHeaders:
             elif name == b"x-request-id":
                 if request_id is None:
                     request_id = value.decode("latin-1")
+            elif name in _TRACE_CONTEXT:
+                trace = _trace_header(trace, name, value)
             elif name in FORWARDABLE:
                 if forwardable is None:
                     forwardable = []
@@ -213,6 +217,10 @@ class RequestHeaders:
         )
         self.content_length = content_length
         self.request_id = request_id
+        self.trace_context: tuple[tuple[str, str], ...] = (
+            () if trace is None or all(n != "traceparent" for n, _ in trace) else tuple(trace)
+        )
+        """The caller's W3C ``traceparent`` and ``tracestate``, when well-formed."""
         # For the 431 limits: how many headers, and their names' and values' bytes.
         self.count = count
         self.size = size
@@ -232,16 +240,39 @@ del _index, _header
 _NO_PLAN: tuple[str | None, ...] = (None,) * len(PLAN_HEADERS)
 _NO_PLAN_LIST: list[str | None] = list(_NO_PLAN)
 _PLAN_SLOTS = {header.name: index for index, header in enumerate(PLAN_HEADERS)}
+_TRACE_CONTEXT = frozenset({b"traceparent", b"tracestate"})
 _READ = frozenset(
     {
         b"authorization",
         b"x-api-key",
         b"content-length",
         b"x-request-id",
+        *_TRACE_CONTEXT,
         *_PLAN_SLOTS,
         *FORWARDABLE,
     }
 )
+# W3C Trace Context: version-traceid-parentid-flags, lower-case hex; tracestate is
+# bounded (32 members of at most 256 bytes) and printable; it means nothing alone.
+_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_MAX_TRACESTATE = 512
+
+
+def _trace_header(
+    found: list[tuple[str, str]] | None, name: bytes, value: bytes
+) -> list[tuple[str, str]] | None:
+    """Keeps the first well-formed ``traceparent`` and ``tracestate``; the rest are not
+    passed upstream, so a caller cannot smuggle other bytes through them."""
+    if found is not None and any(n == name.decode() for n, _ in found):
+        return found
+    value = value.strip()
+    if name == b"traceparent":
+        if not _TRACEPARENT.fullmatch(value) or value.startswith(b"ff"):
+            return found
+    elif len(value) > _MAX_TRACESTATE or not all(0x20 <= c < 0x7F for c in value):
+        return found
+    pair = (name.decode(), value.decode("ascii"))
+    return [pair] if found is None else [*found, pair]
 
 
 def _bearer_token(value: bytes) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 
 import anyio
@@ -29,12 +29,15 @@ from asgi_autoproxy._relay import Relay
 from asgi_autoproxy._routes import Route, depends_on_server_state, passed_headers, upstream_body
 from asgi_autoproxy._routing.model_router import ModelRouter
 from asgi_autoproxy._upstream.dispatch import Dispatcher
+from asgi_autoproxy._upstream.stream_usage import body_asking_for_usage
 from asgi_autoproxy.errors import ProxyError, internal_error, unauthorized
 from asgi_autoproxy.providers.base import Endpoint, Provider, UpstreamRequest
 
 logger = logging.getLogger("asgi_autoproxy")
 
 _MAX_FOLLOW_ATTEMPTS = 3
+# Endpoints whose streams report usage only when asked (stream_options.include_usage).
+_ASKS_USAGE = frozenset({"chat", "completion"})
 
 
 @dataclass(slots=True)
@@ -64,6 +67,7 @@ class Pipeline:
         relay: Relay,
         max_response_size: int,
         max_event_size: int,
+        stream_usage: bool = True,
     ) -> None:
         self.router = router
         self._auth = auth
@@ -77,6 +81,7 @@ class Pipeline:
         self._relay = relay
         self._max_response_size = max_response_size
         self._max_event_size = max_event_size
+        self._stream_usage = stream_usage
 
     async def serve(self, request: ProxyRequest, call: Call) -> None:
         """Gate, route, cache, dispatch and relay one request; errors become answers."""
@@ -94,8 +99,9 @@ class Pipeline:
             self._limits.check_headers(headers)
             caller = await self._auth.identify(headers.credential, request.scope)
             call.caller = caller
-            if self._limits.buckets is not None:
-                self._limits.check_rate(caller.id)
+            callers = self._limits.callers
+            if callers is not None:  # rate, tokens, spend: in Redis when shared
+                await callers.admit(caller.id)
             if route.answer is not None:
                 if caller.credential is None and self._forwards_key is not None:
                     raise _missing_key(self._forwards_key)
@@ -128,6 +134,8 @@ class Pipeline:
             payload = route.parse(body, self._limits.max_json_depth)
             model = payload["model"]
             caller.check_model(model)  # a temporary credential's models: 403 for others
+            if callers is not None:
+                callers.check_model(model)
             endpoint: Endpoint = route.endpoint(self.router, model, payload)
             sent, body = upstream_body(route, payload, body)
             candidates = self.router.candidates(model, endpoint)
@@ -148,6 +156,7 @@ class Pipeline:
                 max_response_size=self._max_response_size,
                 max_event_size=self._max_event_size,
                 headers=passed_headers(route, headers),
+                trace_context=headers.trace_context,
             )
             plan = None
             if cache is not None and not depends_on_server_state(route, payload):
@@ -162,6 +171,7 @@ class Pipeline:
                     providers=[p.name for p in candidates],
                     pinned=headers.endpoint_name,
                     caller_scope=caller.cache_scope,
+                    credential=caller.presented,
                 )
                 if digest is not None and plan is not None and plan.decision.read:
                     cache.plan_memo.put(digest, plan)
@@ -169,7 +179,15 @@ class Pipeline:
             looked_up = remembered is not None and plan is not None and remembered.key == plan.key
             # After the plan: entries are keyed on what the caller sent (_routing/params.py).
             upstream = self.router.rewrite(upstream)
+            if self._stream_usage and endpoint in _ASKS_USAGE:
+                # Usage on streams too (_upstream/stream_usage.py): only the bytes sent change.
+                with_usage = body_asking_for_usage(upstream.payload, upstream.body)
+                if with_usage is not None:
+                    upstream.body, upstream.usage_requested = with_usage, True
             await self._answer(call, candidates, upstream, plan, request.receive, looked_up)
+            if callers is not None and callers.charges and call.trace.cache in (None, "MISS"):
+                # Charged after the answer, from the usage it reported; hits cost nothing.
+                await callers.charge(caller.id, model, call.trace.usage)
         except ClientDisconnected:
             return
         except ProxyError as error:
@@ -224,7 +242,7 @@ class Pipeline:
     ) -> None:
         """Call upstream and relay, stopping when nobody listens any more."""
         failure: Exception | None = None
-        with self._flying(tee) as flight:
+        async with self._flying(tee) as flight:
             try:
                 async with TaskCancelScope() as scope:
                     if flight is not None:
@@ -252,7 +270,7 @@ class Pipeline:
         if failure is not None:
             raise failure
 
-    def _flying(self, tee: Tee | None) -> AbstractContextManager[Flight | None]:
+    def _flying(self, tee: Tee | None) -> AbstractAsyncContextManager[Flight | None]:
         if tee is None:
             return nullcontext()
         assert self.cache is not None
@@ -265,10 +283,19 @@ class Pipeline:
         request: UpstreamRequest,
         tee: Tee | None,
     ) -> None:
-        provider, response = await self._dispatcher.send(candidates, request, self._clients.get())
+        provider, response = await self._dispatcher.send(
+            candidates, request, self._clients.get(), call.trace
+        )
         response.headers.append(("x-bt-used-endpoint", provider.name))
         try:
-            await self._relay.upstream(call, provider, response, tee, stream=request.stream)
+            await self._relay.upstream(
+                call,
+                provider,
+                response,
+                tee,
+                stream=request.stream,
+                strip_usage=request.usage_requested,
+            )
         finally:
             # The exchange is over: a caller leaving now must not cut the close short
             # (the task's own cancel, unlike anyio's, goes through anyio's shield).

@@ -72,10 +72,12 @@ class Relay:
         tee: Tee | None,
         *,
         stream: bool,
+        strip_usage: bool = False,
     ) -> None:
-        """An upstream answer: streamed when asked for and the upstream streams, else whole."""
+        """An upstream answer: streamed when asked for and the upstream streams, else whole.
+        ``strip_usage``: leave out the usage chunk the proxy asked for (stream_usage.py)."""
         if stream and response.status == 200 and response.is_event_stream:
-            await self._stream(call, provider, response, tee)
+            await self._stream(call, provider, response, tee, strip_usage)
         else:
             await self._whole(call, provider, response, tee)
 
@@ -97,7 +99,7 @@ class Relay:
         answer: dict[str, Any] | None = None
         if 200 <= status < 300:
             answer = json_answer(provider.name, body)
-            call.trace.usage = call.dialect.usage(answer)
+            call.trace.answered(answer, call.dialect.usage(answer))
         if status >= 400 and not _is_openai_error(body):
             body = call.dialect.error_body(
                 self._unshaped_error(provider, response, call.request_id)
@@ -146,7 +148,12 @@ class Relay:
     # -- streams ------------------------------------------------------------------------
 
     async def _stream(
-        self, call: Call, provider: Provider, response: UpstreamResponse, tee: Tee | None
+        self,
+        call: Call,
+        provider: Provider,
+        response: UpstreamResponse,
+        tee: Tee | None,
+        strip_usage: bool,
     ) -> None:
         headers = self.answer_headers((k, v) for k, v in response.headers if k != "content-type")
         if tee is not None:
@@ -155,14 +162,18 @@ class Relay:
         call.trace.provider, call.trace.cache = provider.name, "MISS" if tee else None
         if tee is None or not tee.shared:
             # Nobody can join: the caller's socket paces the upstream, as for any proxy.
-            tail = await self._read_stream(call, provider, response, tee, shared=False)
+            tail = await self._read_stream(
+                call, provider, response, tee, shared=False, strip_usage=strip_usage
+            )
             await call.end_stream(tail)
             return
         # Followers may join: the caller's client takes the stream from the flight at its
         # own pace, like theirs (send_flight), so that its socket holds back nobody else.
         flight = tee.flight
         async with along(lambda: self.send_flight(call, flight, flight.leader)):
-            await self._read_stream(call, provider, response, tee, shared=True)
+            await self._read_stream(
+                call, provider, response, tee, shared=True, strip_usage=strip_usage
+            )
 
     async def _read_stream(
         self,
@@ -172,11 +183,13 @@ class Relay:
         tee: Tee | None,
         *,
         shared: bool,
+        strip_usage: bool = False,
     ) -> bytes:
         """Relay the upstream's events to ``call``, or into a ``shared`` flight. Returns
         the error event that ends a broken stream, else b""."""
         splitter = EventSplitter(self._max_event_size)
-        audit = StreamAudit(call.dialect)  # how the stream ends, malformed events, usage
+        # How the stream ends, malformed events, token usage (and the chunk we asked for).
+        audit = StreamAudit(call.dialect, strip_usage=strip_usage)
         broken: str | None = None
         too_large: ResponseTooLarge | None = None
         async with idle_limit(self._stream_idle_timeout) as idle:
@@ -216,7 +229,9 @@ class Relay:
             broken = f"no data arrived for {idle.seconds:g} s"
         if too_large is not None:
             broken = f"it sent an event larger than {too_large.limit} bytes"
-        call.trace.usage = audit.usage
+        trace = call.trace
+        trace.usage, trace.response_model = audit.usage, audit.model
+        trace.finish_reason = audit.finish_reason
         if broken is None and not audit.finished:
             broken = f"it closed before sending {call.dialect.ending}"
         if broken is None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 import anyio
 import httpx
 
 from asgi_autoproxy._asgi import ASGIApp, Message, Receive, Scope, Send, read_body, route_path
-from asgi_autoproxy._assembly import assemble
+from asgi_autoproxy._assembly import assemble, shared_state_for
 from asgi_autoproxy._cache.backends.base import CacheBackend
 from asgi_autoproxy._cache.backends.memory import MemoryCache
 from asgi_autoproxy._cache.policy import DEFAULT_TTL
@@ -26,6 +26,7 @@ from asgi_autoproxy._call import Call, send_error
 from asgi_autoproxy._cors import CorsOrigin, CorsPolicy
 from asgi_autoproxy._gate import credentials as temporary
 from asgi_autoproxy._gate.auth import Authenticate
+from asgi_autoproxy._gate.budgets import SpendBudget, TokenLimit
 from asgi_autoproxy._gate.limits import RateLimit
 from asgi_autoproxy._headers import RequestHeaders, request_id
 from asgi_autoproxy._http.client_types import UpstreamClient
@@ -34,11 +35,15 @@ from asgi_autoproxy._pipeline import ProxyRequest
 from asgi_autoproxy._routes import Route
 from asgi_autoproxy._routing.catalog import CatalogSource
 from asgi_autoproxy._shutdown import LAST_WORDS_WAIT, InFlightRequests, close_backend, cut_short
+from asgi_autoproxy._telemetry import TelemetryOptions, build_telemetry, log_startup
 from asgi_autoproxy._upstream.dispatch import Cooldown, LoadBalancing, RetryPolicy
 from asgi_autoproxy.config import CacheOptions, Limits, MovedKeywords, moved_keywords
 from asgi_autoproxy.errors import ProxyError, server_shutting_down
 from asgi_autoproxy.observability import RequestHook, RequestReporter
 from asgi_autoproxy.providers.base import Provider
+
+if TYPE_CHECKING:
+    from asgi_autoproxy._shared.redis_link import Client
 
 logger = logging.getLogger("asgi_autoproxy")
 
@@ -81,9 +86,19 @@ class AutoProxyMiddleware:
         api_keys: Mapping[str, str] | None = None,
         allow_anonymous: bool = False,
         rate_limit: RateLimit | None = None,
+        token_limit: TokenLimit | None = None,
+        spend_budget: SpendBudget | None = None,
+        shared_state: str | Client | _Default | None = _DEFAULT,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         on_request: RequestHook | None = None,
         http_transport: TransportChoice = "auto",
+        stream_usage: bool = True,
+        opentelemetry: bool = False,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        capture_content: bool = False,
+        metrics_path: str | None = None,
+        metrics_token: str | None = None,
         credentials_secret: str | None = None,
         credentials_denylist: bool = False,
         cors_origins: Sequence[CorsOrigin] | None = None,
@@ -95,6 +110,13 @@ class AutoProxyMiddleware:
         if shutdown_grace < 0:
             raise ValueError("shutdown_grace must be zero or more seconds")
         backend = MemoryCache() if isinstance(cache, _Default) else cache
+        # Limits and provider health: in Redis when there is one (by default the
+        # RedisCache's own), else per process (_shared/state.py).
+        self._shared = shared_state_for(
+            None if isinstance(shared_state, _Default) else shared_state,
+            backend,
+            default=isinstance(shared_state, _Default),
+        )
         self._credentials = temporary.from_settings(
             credentials_secret,
             denylist=credentials_denylist,
@@ -126,6 +148,10 @@ class AutoProxyMiddleware:
             allow_anonymous=allow_anonymous,
             rate_limit=rate_limit,
             http_transport=http_transport,
+            token_limit=token_limit,
+            spend_budget=spend_budget,
+            shared_state=self._shared,
+            stream_usage=stream_usage,
             credentials=self._credentials,
         )
         self.app = app
@@ -140,13 +166,32 @@ class AutoProxyMiddleware:
         self._in_flight = InFlightRequests()
         self._closed = False
         self._reporter = RequestReporter(on_request)
+        # Traces and metrics (_telemetry/): None unless turned on, and then not imported.
+        self._telemetry = build_telemetry(
+            TelemetryOptions(
+                opentelemetry=opentelemetry,
+                tracer_provider=tracer_provider,
+                meter_provider=meter_provider,
+                capture_content=capture_content,
+                metrics_path=metrics_path,
+                metrics_token=metrics_token,
+            ),
+            providers=self.router.providers,
+            cache_entries=self._cache_entries,
+        )
+        self._metrics = None if self._telemetry is None else self._telemetry.prometheus
+        self._metrics_path = None if self._metrics is None else metrics_path
+        if self._metrics_path is not None and self._routes.get(self._metrics_path) is not None:
+            raise ValueError(f"metrics_path {metrics_path!r} is one of the proxy's own routes")
+        log_startup(path, self.router.providers, self.cache, self._telemetry)
 
     # -- ASGI entry point -------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            route = self._routes.get(route_path(scope))
+            path = route_path(scope)
+            route = self._routes.get(path)
             if route is not None:
                 if self._cors is not None:  # a preflight is answered there and then
                     cors_send = await self._cors.gate(scope, route.method, send)
@@ -154,6 +199,9 @@ class AutoProxyMiddleware:
                         return
                     send = cors_send
                 await self._handle(route, scope, receive, send)
+                return
+            if path == self._metrics_path and self._metrics is not None:
+                await self._metrics.serve(scope, receive, send)
                 return
         elif kind == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
@@ -177,6 +225,11 @@ class AutoProxyMiddleware:
     @property
     def cache(self) -> CacheBackend | None:
         return None if self._cache is None else self._cache.backend
+
+    def _cache_entries(self) -> int | None:
+        """Entries in the cache, where the backend can say cheaply (memory)."""
+        backend = self.cache
+        return backend.entry_count if isinstance(backend, MemoryCache) else None
 
     async def drain(self) -> int:
         """Give requests in flight ``shutdown_grace`` seconds, then cut the rest: a 503
@@ -207,6 +260,8 @@ class AutoProxyMiddleware:
         await self._clients.aclose()
         if self._cache is not None:
             await close_backend(self._cache.backend)
+        if self._shared is not None:
+            await self._shared.link.aclose()  # the cache's own link: closing twice is fine
 
     async def __aenter__(self) -> AutoProxyMiddleware:
         if self._closed:
@@ -267,9 +322,14 @@ class AutoProxyMiddleware:
         if self._closed:  # no new client, no upstream call: say so, in OpenAI's shape
             await send_error(call, server_shutting_down())
             return
+        telemetry = self._telemetry
+        if telemetry is not None:  # opens the request's span
+            call.trace.listener = telemetry.start(scope["method"], route.name, headers)
         try:
             cut = await self._in_flight.run(self._serve(route, call, scope, headers, receive))
         except anyio.get_cancelled_exc_class():
+            if telemetry is not None:
+                telemetry.abandon(call.trace.listener)
             # Cancelled by someone else: most often the server giving up at shutdown
             # (uvicorn past --timeout-graceful-shutdown), which would answer a bare
             # text/plain 500 or end a stream without a word. Say so first (best effort,
@@ -280,7 +340,7 @@ class AutoProxyMiddleware:
             raise
         if cut:
             await cut_short(call)
-        if self._reporter.enabled:
+        if self._reporter.enabled or telemetry is not None:
             record = call.trace.record(
                 request_id=call.request_id,
                 method=scope["method"],
@@ -288,6 +348,8 @@ class AutoProxyMiddleware:
                 caller_id=None if call.caller is None else call.caller.id,
                 credential_id=_credential_id(call),
             )
+            if telemetry is not None:
+                telemetry.finish(call.trace.listener, record)
             await self._reporter.report(record)
 
     async def _serve(

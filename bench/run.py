@@ -71,6 +71,13 @@ SYSTEMS = [
         needs_cache=True,
     ),
     System(
+        "autoproxy-telemetry",
+        "asgi_autoproxy, cache off, OpenTelemetry + Prometheus on",
+        "bench.proxy_app:app",
+        {"BENCH_TELEMETRY": "1"},
+        needs="opentelemetry.sdk",
+    ),
+    System(
         "autoproxy-httpx",
         "asgi_autoproxy, httpx's own transport",
         "bench.proxy_app:app",
@@ -98,7 +105,14 @@ class Scenario:
     """Where the requests go; ``/v1/embeddings`` sends an embeddings body."""
 
 
-MISS_SYSTEMS = ("direct", "baseline", "autoproxy", "autoproxy-httpx", "autoproxy-httpx-aiohttp")
+MISS_SYSTEMS = (
+    "direct",
+    "baseline",
+    "autoproxy",
+    "autoproxy-telemetry",
+    "autoproxy-httpx",
+    "autoproxy-httpx-aiohttp",
+)
 SCENARIOS = [
     Scenario("miss", "Non-streaming misses (same small body)", MISS_SYSTEMS),
     Scenario(
@@ -138,7 +152,7 @@ SCENARIOS = [
     ),
 ]
 QUICK = {
-    "miss": ("direct", "baseline", "autoproxy"),
+    "miss": ("direct", "baseline", "autoproxy", "autoproxy-telemetry"),
     "hit": ("baseline-dict", "autoproxy-cache"),
     "stream": ("direct", "baseline", "autoproxy"),
 }
@@ -620,6 +634,27 @@ def targets(
         f"stream total time ÷ direct at c{low}",
         total / direct_total if total and direct_total else None,
         1.02,
+        "max",
+    )
+    for c in (low, high):
+        on, off = (
+            med("miss", "autoproxy-telemetry", c, "cpu_us"),
+            med("miss", "autoproxy", c, "cpu_us"),
+        )
+        check(
+            f"miss CPU/req, telemetry on ÷ off at c{c} (issue 17)",
+            on / off if on and off else None,
+            1.15,
+            "max",
+        )
+    on, off = (
+        med("miss", "autoproxy-telemetry", low, "p50_ms"),
+        med("miss", "autoproxy", low, "p50_ms"),
+    )
+    check(
+        f"miss p50 latency, telemetry on ÷ off at c{low} (issue 17)",
+        on / off if on and off else None,
+        1.15,
         "max",
     )
     check(

@@ -7,7 +7,12 @@ unchanged like any provider-specific field:
     {"fake": {"chunks": 5, "delay": 0.01, "status": 500, "gate": true, "no_done": true,
               "gate_before_first": true,
               "error_event_after": 2, "body": "raw text", "headers": {"x": "y"},
-              "sleep": 1.0, "echo_auth": true, "usage": {"prompt_tokens": 1000, ...}}}
+              "sleep": 1.0, "echo_auth": true, "response_model": "m-2024",
+              "usage": {"prompt_tokens": 1000, ...}}}
+
+``response_model`` replaces the answer's ``model``. A stream whose request says
+``stream_options.include_usage`` ends, as OpenAI's do, with a chunk that has
+``choices: []`` and the usage.
 
 ``usage`` replaces the answer's usage (and rides on a stream's last chunk).
 ``echo_auth`` puts the received Authorization header into the error message, as
@@ -153,8 +158,7 @@ class FakeUpstream:
             await self._stream(payload, fake, chat, number, headers, receive, send, auth)
             return
         answer = _completion(payload, chat, number)
-        if isinstance(fake.get("usage"), dict):
-            answer["usage"] = fake["usage"]
+        _dress(answer, fake)
         await _send_json(send, 200, answer, headers)
 
     async def _other_route(
@@ -225,6 +229,7 @@ class FakeUpstream:
                     await _send_event(send, error)
                     break
                 chunk = _chunk(payload, chat, number, index, chunks)
+                _dress(chunk, fake, usage=False)
                 if index == chunks - 1 and isinstance(fake.get("usage"), dict):
                     chunk["usage"] = fake["usage"]
                 with self._lock:  # counted first: the proxy may relay it before send returns
@@ -238,6 +243,13 @@ class FakeUpstream:
                 if disconnected.is_set():
                     raise ConnectionError
             else:
+                options = payload.get("stream_options")
+                if isinstance(options, dict) and options.get("include_usage"):
+                    tail = _chunk(payload, chat, number, 0, 1)
+                    tail["choices"] = []
+                    tail["usage"] = dict(_USAGE)
+                    _dress(tail, fake)
+                    await _send_event(send, tail)
                 if not fake.get("no_done"):
                     await send(
                         {
@@ -264,9 +276,19 @@ class FakeUpstream:
                     self.disconnects += 1
 
 
+_USAGE = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+
+
+def _dress(answer: dict[str, Any], fake: dict[str, Any], *, usage: bool = True) -> None:
+    if isinstance(fake.get("response_model"), str):
+        answer["model"] = fake["response_model"]
+    if usage and isinstance(fake.get("usage"), dict):
+        answer["usage"] = fake["usage"]
+
+
 def _completion(payload: dict[str, Any], chat: bool, number: int) -> dict[str, Any]:
     model = payload.get("model")
-    usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    usage = dict(_USAGE)
     if chat:
         messages = payload.get("messages")
         last_message = messages[-1] if isinstance(messages, list) and messages else {}

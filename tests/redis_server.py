@@ -93,11 +93,21 @@ class RedisServer:
     def stop(self) -> None:
         self._stop(signal.SIGTERM)
 
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs with its connections open, answering nothing."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def _stop(self, sig: signal.Signals) -> None:
         process, self._process = self._process, None
         if process is None:
             return
         if process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused server could not stop
             process.send_signal(sig)
             try:
                 process.wait(timeout=10)

@@ -34,14 +34,29 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("http", ("_http",)),
+    ("shared state", ("_shared",)),
     ("providers", ("providers",)),
     ("gate", ("_gate",)),
     ("routing", ("_routing",)),
     ("cache", ("_cache",)),
     ("upstream", ("_upstream",)),
     ("pipeline", ("_call", "_routes", "_relay", "_pipeline", "_shutdown")),
+    ("telemetry", ("_telemetry",)),
     ("middleware", ("config", "_assembly", "middleware")),
-    ("entry points", ("cli", "_server", "_heap", "openapi", "__init__", "__main__")),
+    (
+        "entry points",
+        (
+            "cli",
+            "_gateway",
+            "_logs",
+            "_server",
+            "_workers",
+            "_heap",
+            "openapi",
+            "__init__",
+            "__main__",
+        ),
+    ),
 ]
 
 

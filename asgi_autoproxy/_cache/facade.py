@@ -10,13 +10,16 @@ writes the cache itself, and only the façade knows flights and cross-process lo
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
+from asgi_autoproxy._cache import remote_streams
+from asgi_autoproxy._cache.backends.base import StreamBackend
 from asgi_autoproxy._cache.coalescing import Flight
 from asgi_autoproxy._cache.entry import CachedResponse
 from asgi_autoproxy._cache.keys import SHARED_CALLER, EntryKey, entry_key
@@ -41,7 +44,7 @@ class Tee:
     """The leader's answer on its way to the caller, shared with followers as it comes
     (its ``flight``) and stored once it ended whole."""
 
-    __slots__ = ("_cache", "_claim", "_flights", "flight", "plan")
+    __slots__ = ("_cache", "_claim", "_flights", "flight", "plan", "remote")
 
     def __init__(
         self,
@@ -50,8 +53,11 @@ class Tee:
         flight: Flight,
         claim: str,
         flights: dict[str, Flight],
+        remote: bool = False,
     ) -> None:
         self._cache = cache
+        self.remote = remote
+        """Whether other processes follow this stream (``_cache/remote_streams.py``)."""
         self._claim = claim
         """The cross-process lock's token ("" when none is held)."""
         self._flights = flights
@@ -93,6 +99,10 @@ class Tee:
         """The stream broke: followers get ``tail`` (its error event); nothing is stored."""
         self.flight.break_stream(tail)
 
+    @property
+    def claim(self) -> str:
+        return self._claim
+
     async def release(self) -> None:
         """Let other processes call upstream again (they will find the entry, if any)."""
         if self._claim:
@@ -129,6 +139,11 @@ class CachedAnswers:
         self._coalesce_timeout = coalesce_timeout
         self._max_follower_lag = max_follower_lag
         self._flights: dict[str, Flight] = {}
+        backend = store.backend
+        self._streams = (
+            backend if store.locks is not None and isinstance(backend, StreamBackend) else None
+        )
+        self._feeders: set[asyncio.Task[None]] = set()
 
     @property
     def stats(self) -> CacheStats:
@@ -165,10 +180,13 @@ class CachedAnswers:
         pinned: str | None,
         caller_scope: str,
         passed: tuple[tuple[str, str], ...] = (),
+        credential: str | None = None,
     ) -> CachePlan | None:
         """The plan for a request, or None when it neither reads nor writes the cache.
         ``rule``: the route's (``_cache/policy.py``); ``passed``: the request headers
-        sent upstream, which the key covers."""
+        sent upstream, which the key covers; ``credential``: the caller's token, which
+        the entry's key and secret are bound to (HKDF, ``_cache/crypto.py``) unless
+        entries are shared across callers."""
         decision = decide(
             payload,
             use_cache=headers.use_cache,
@@ -186,6 +204,8 @@ class CachedAnswers:
             caller=self.scope_of(caller_scope),  # hashed only here, when needed
             payload=payload,
             headers=passed,
+            credential=None if self._share else credential,
+            server_secret=self.store.server_secret,
         )
         return CachePlan(decision, key, model, endpoint)
 
@@ -208,9 +228,11 @@ class CachedAnswers:
         if flight is not None:
             self.store.stats.coalesced += 1
             return flight
+        if stream and self._streams is not None:
+            return await self._stream_across_processes(plan, self._streams)
         if self.store.locks is None or stream:
-            # Streams skip the cross-process lock: waiting for another process's whole
-            # stream would cost its time to first byte.
+            # Streams without a stream backend skip the cross-process lock: waiting for
+            # another process's whole stream would cost its time to first byte.
             return self._tee(plan, claim="")
         return await self._lead_across_processes(plan)
 
@@ -232,19 +254,65 @@ class CachedAnswers:
             claim = found  # the other process gave up: call upstream ("": without the lock)
         return self._tee(plan, claim=claim)
 
-    def _tee(self, plan: CachePlan, *, claim: str) -> Tee:
-        return Tee(self.store, plan, Flight(self._max_follower_lag), claim, self._flights)
+    async def _stream_across_processes(
+        self, plan: CachePlan, streams: StreamBackend
+    ) -> Flight | Tee:
+        """Lead, publishing the stream for other processes, or follow the process that
+        leads, live (``_cache/remote_streams.py``)."""
+        key = plan.key
+        claim = await self.store.claim(key, remote_streams.LOCK_TTL)
+        if claim is not None:
+            # "": nobody can coordinate (the backend failed), so go ahead alone.
+            return self._tee(plan, claim=claim, remote=bool(claim))
+        token = await streams.stream_leader(key.key)
+        if token is None:  # the leader just let go: lead, alone
+            return self._tee(plan, claim="")
+        flight = Flight(self._max_follower_lag)
+        self._flights[key.key] = flight
 
-    @contextmanager
-    def flying(self, tee: Tee) -> Iterator[Flight]:
-        """While the leader calls upstream, identical requests follow its flight; after,
-        a flight that did not end is failed so that its followers retry or give up."""
+        def fed() -> None:
+            if self._flights.get(key.key) is flight:
+                del self._flights[key.key]
+
+        feeder = asyncio.get_running_loop().create_task(
+            remote_streams.feed(streams, key, token, flight, encrypt=self.store.encrypt, done=fed)
+        )
+        self._feeders.add(feeder)
+        feeder.add_done_callback(self._feeders.discard)
+
+        def stop() -> None:  # every caller here left: stop reading
+            feeder.cancel()
+
+        flight.on_abandon(stop)
+        self.store.stats.coalesced += 1
+        return flight
+
+    def _tee(self, plan: CachePlan, *, claim: str, remote: bool = False) -> Tee:
+        flight = Flight(self._max_follower_lag)
+        return Tee(self.store, plan, flight, claim, self._flights, remote)
+
+    @asynccontextmanager
+    async def flying(self, tee: Tee) -> AsyncIterator[Flight]:
+        """While the leader calls upstream, identical requests follow its flight (those
+        of other processes too, for a ``remote`` stream); after, a flight that did not
+        end is failed so that its followers retry or give up."""
         plan, flight = tee.plan, tee.flight
         registered = plan.decision.read
         if registered:
             self._flights[plan.key.key] = flight
         try:
-            yield flight
+            if tee.remote and self._streams is not None:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._publish, tee, self._streams)
+                    yield flight
+            else:
+                yield flight
         finally:
             if registered and self._flights.get(plan.key.key) is flight:
                 del self._flights[plan.key.key]
+
+    async def _publish(self, tee: Tee, streams: StreamBackend) -> None:
+        with anyio.CancelScope(shield=True):  # its last item tells followers how it ended
+            await remote_streams.publish(
+                streams, tee.plan.key, tee.claim, tee.flight, encrypt=self.store.encrypt
+            )

@@ -3,31 +3,29 @@
 The key covers the endpoint, the providers that may answer, the caller, the request
 headers passed upstream (``anthropic-beta``...) and the canonical JSON body, so key
 order, whitespace and how a number is written (`0` or `0.0`) do not matter but callers
-never share entries (unless told to). A second, independent hash of the same material is
-the secret that encrypts the entry where the backend asks for encryption.
+never share entries (unless told to). HKDF then binds that digest to the caller's
+credential (and the server's secret, where set): the entry's name and the secret that
+encrypts it both derive from the three together (``_cache/crypto.py``), so a dump of the
+store plus caller ids and prompts opens nothing.
+
+The digest is SHA-256 with or without the ``fast`` extra: instances with and without
+blake3 installed share one cache.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from asgi_autoproxy import _json
-from asgi_autoproxy._cache.crypto import derive_key, derive_secret
+from asgi_autoproxy._cache.crypto import derive_key, derive_secret, entry_prk
 
-KEY_VERSION = b"asgi_autoproxy/cache/v1"
+KEY_VERSION = b"asgi_autoproxy/cache/v2"
 _VERSION = KEY_VERSION.decode()
-
-_Hasher = Callable[[bytes], Any]
-new_hash: _Hasher
-try:  # the `fast` extra: BLAKE3 hashes a 1 MB body about 3x faster than SHA-256 here
-    from blake3 import blake3
-
-    new_hash, _HASH_NAME = blake3, "blake3"
-except ImportError:  # pragma: no cover - exercised when the extra is absent
-    new_hash, _HASH_NAME = hashlib.sha256, "sha256"
+# One hash for every install: entry names must not depend on which extras are there.
+_HASH_NAME = "sha256"
 SHARED_CALLER = "shared"
 
 
@@ -35,13 +33,14 @@ SHARED_CALLER = "shared"
 class EntryKey:
     key: str
     """The backend key: a hex hash, safe to store and to log."""
-    summary: bytes
-    """The digest of everything that identifies the entry; never leaves the process."""
+    prk: bytes
+    """HKDF's pseudorandom key for the entry (request, credential, server secret);
+    never leaves the process."""
 
     @property
     def secret(self) -> bytes:
         """32 bytes that encrypt the entry; derived only where a backend encrypts."""
-        return derive_secret(self.summary)
+        return derive_secret(self.prk)
 
 
 def entry_key(
@@ -51,22 +50,26 @@ def entry_key(
     caller: str,
     payload: Mapping[str, Any],
     headers: tuple[tuple[str, str], ...] = (),
+    credential: str | None = None,
+    server_secret: bytes = b"",
 ) -> EntryKey:
-    """``headers``: request headers passed upstream, which may change the answer."""
+    """``caller``: the cache scope (``SHARED_CALLER`` where entries are shared);
+    ``headers``: request headers passed upstream, which may change the answer;
+    ``credential``: the caller's token, None where entries are shared or none was sent."""
     body = payload
     if "stream" in body and not body["stream"]:
         # `"stream": false` and no `stream` ask for the same answer.
         body = {k: v for k, v in body.items() if k != "stream"}
     # One pass over the (possibly megabytes of) body; key and secret both derive from the
-    # digest. The fields go first as a JSON array, so no two field lists hash alike, and
-    # name the hash, so installs with and without blake3 never mix their entries. One
+    # digest. The fields go first as a JSON array, so no two field lists hash alike. One
     # hash call over the joined bytes: each update() costs more than copying a small body.
     named: list[object] = [_VERSION, _HASH_NAME, endpoint, providers, caller]
     if headers:  # only where a route passes some: every other key stays as it was
         named.append([list(pair) for pair in headers])
     fields = _json.dumps(named)
-    summary = new_hash(b"\n".join((fields, _canonical_numbers(body)))).digest()
-    return EntryKey(derive_key(summary), summary)
+    digest = hashlib.sha256(b"\n".join((fields, _canonical_numbers(body)))).digest()
+    prk = entry_prk(digest, credential, server_secret=server_secret)
+    return EntryKey(derive_key(prk), prk)
 
 
 def _canonical_numbers(body: Mapping[str, Any]) -> bytes:

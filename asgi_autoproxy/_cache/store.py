@@ -19,6 +19,7 @@ from asgi_autoproxy._cache.backends.base import (
     CacheBackend,
     EncryptedBackend,
     ObjectStore,
+    ServerSecretBackend,
     SharedLockBackend,
     require_backend,
 )
@@ -56,6 +57,10 @@ class ResponseCache:
         self._objects = None if self.encrypt else objects
         self.clock = clock
         self.stats = CacheStats()
+        self.server_secret = (
+            backend.server_secret or b"" if isinstance(backend, ServerSecretBackend) else b""
+        )
+        """Mixed into every entry's key and secret (HKDF's salt) where the backend has one."""
         self.locks = backend if isinstance(backend, SharedLockBackend) else None
         """Set where identical requests can be coalesced across processes too."""
 

@@ -33,10 +33,12 @@ ANONYMOUS_CALLER = "anonymous"
 
 
 def caller_identity(credential: str | None, *, authenticated: str | None = None) -> str:
-    """A stable id for the caller: the authenticated caller id when the proxy checked
-    one, else a hash of the credential (which itself is never kept)."""
+    """What isolates a caller's cache entries: a hash of the authenticated caller id
+    together with the credential it presented (two keys of one id do not share
+    entries), else a hash of the credential (which itself is never kept)."""
     if authenticated is not None:
-        return "caller:" + hashlib.sha256(authenticated.encode()).hexdigest()
+        bound = authenticated if credential is None else f"{authenticated}\x00{credential}"
+        return "caller:" + hashlib.sha256(bound.encode()).hexdigest()
     if credential is None:
         return ANONYMOUS_CALLER
     return "key:" + hashlib.sha256(credential.encode()).hexdigest()
@@ -74,7 +76,7 @@ class Caller:
     needs neither before its upstream call (no cache, no rate limit) does not pay for
     them on the way to its first byte."""
 
-    __slots__ = ("_authenticated", "_scope", "credential", "grant")
+    __slots__ = ("_authenticated", "_scope", "credential", "grant", "presented")
 
     def __init__(
         self,
@@ -82,10 +84,14 @@ class Caller:
         *,
         authenticated: str | None = None,
         grant: Grant | None = None,
+        presented: str | None = None,
     ) -> None:
         self.credential = credential
         """The presented token; providers without a key of their own forward it. None for
         a temporary credential, which never leaves the proxy."""
+        self.presented = credential if presented is None else presented
+        """The token as presented, a temporary credential too: cache entries are bound to
+        it (their encryption key derives from it), never forwarded."""
         self._authenticated = authenticated
         self._scope: str | None = None
         self.grant = grant
@@ -112,9 +118,9 @@ class Caller:
         """What isolates this caller's cache entries from everyone else's."""
         if self._scope is None:
             if self._authenticated is not None:
-                self._scope = caller_identity(None, authenticated=self._authenticated)
+                self._scope = caller_identity(self.presented, authenticated=self._authenticated)
             else:
-                self._scope = caller_identity(self.credential)
+                self._scope = caller_identity(self.presented)
         return self._scope
 
 
@@ -194,7 +200,7 @@ class CallerAuth:
             # Checked here alone, never by api_keys or authenticate: it runs as its issuer,
             # and its token stays in the proxy (credential None: nothing to forward).
             grant = await self.credentials.check(credential)
-            return Caller(None, authenticated=grant.caller_id, grant=grant)
+            return Caller(None, authenticated=grant.caller_id, grant=grant, presented=credential)
         if self.mode != "checked":
             return Caller(credential)
         if credential is None:

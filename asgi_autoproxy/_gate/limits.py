@@ -14,10 +14,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from asgi_autoproxy._gate.budgets import LimitStorage, check_storage
 from asgi_autoproxy._headers import RequestHeaders
 from asgi_autoproxy.errors import ProxyError, bad_request
+
+if TYPE_CHECKING:
+    from asgi_autoproxy._gate.shared_limits import CallerLimits
 
 DEFAULT_MAX_HEADER_COUNT = 100
 DEFAULT_MAX_HEADER_BYTES = 32 * 1024
@@ -134,8 +138,12 @@ class RateLimit:
     burst: int = 1
     max_callers: int = 10_000
     clock: Callable[[], float] = field(default=time.monotonic, compare=False)
+    storage: LimitStorage = "auto"
+    """Where the buckets live: ``auto`` (Redis when the middleware has shared state, else
+    this process), ``memory`` or ``redis``."""
 
     def __post_init__(self) -> None:
+        check_storage("RateLimit", self.storage)
         if not (self.requests_per_second > 0 and math.isfinite(self.requests_per_second)):
             raise ValueError("RateLimit.requests_per_second must be a positive number")
         if self.burst < 1:
@@ -176,15 +184,19 @@ class TokenBuckets:
         if bucket.tokens >= 1:
             bucket.tokens -= 1
             return
-        wait = (1 - bucket.tokens) / limit.requests_per_second
-        raise ProxyError(
-            429,
-            f"Rate limit reached: at most {limit.requests_per_second:g} requests per second "
-            f"(bursts of {limit.burst}) per caller. Retry after {math.ceil(wait)} s.",
-            type="rate_limit_error",
-            code="rate_limit_exceeded",
-            headers=[("retry-after", str(max(1, math.ceil(wait))))],
-        )
+        raise rate_exceeded(limit, (1 - bucket.tokens) / limit.requests_per_second)
+
+
+def rate_exceeded(limit: RateLimit, wait: float) -> ProxyError:
+    """The 429 of a caller over ``limit``, who may retry in ``wait`` seconds."""
+    return ProxyError(
+        429,
+        f"Rate limit reached: at most {limit.requests_per_second:g} requests per second "
+        f"(bursts of {limit.burst}) per caller. Retry after {max(1, math.ceil(wait))} s.",
+        type="rate_limit_error",
+        code="rate_limit_exceeded",
+        headers=[("retry-after", str(max(1, math.ceil(wait))))],
+    )
 
 
 # -- all of them, configured once -----------------------------------------------------
@@ -201,7 +213,10 @@ class RequestLimits:
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
         max_concurrent_upstream: int | None = DEFAULT_MAX_CONCURRENT_UPSTREAM,
         rate_limit: RateLimit | None = None,
+        callers: CallerLimits | None = None,
     ) -> None:
+        """``callers``: the per-caller limits (rate, tokens, spend), shared or not; made
+        from ``rate_limit`` alone, per process, when not given."""
         if max_header_count < 1 or max_header_bytes < 1:
             raise ValueError("max_header_count and max_header_bytes must be positive")
         if not 1 <= max_json_depth <= 1000:
@@ -212,11 +227,11 @@ class RequestLimits:
         self.max_header_bytes = max_header_bytes
         self.max_json_depth = max_json_depth
         self.upstream = UpstreamSlots(max_concurrent_upstream)
-        self.buckets = None if rate_limit is None else TokenBuckets(rate_limit)
+        if callers is None and rate_limit is not None:
+            from asgi_autoproxy._gate.shared_limits import CallerLimits
+
+            callers = CallerLimits(rate=rate_limit)
+        self.callers = callers
 
     def check_headers(self, headers: RequestHeaders) -> None:
         check_header_size(headers.count, headers.size, self.max_header_count, self.max_header_bytes)
-
-    def check_rate(self, caller_id: str) -> None:
-        if self.buckets is not None:
-            self.buckets.take(caller_id)

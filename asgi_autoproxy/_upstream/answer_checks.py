@@ -59,19 +59,35 @@ class StreamAudit:
 
     ``accept`` returns the events fit to relay and stops at the first malformed one;
     afterwards ``finished`` (the stream's end or an error event arrived), ``failed`` (an
-    error event arrived), ``malformed`` and ``usage`` tell how the stream went.
+    error event arrived), ``malformed``, ``usage``, ``model`` and ``finish_reason`` tell
+    how the stream went. With ``strip_usage`` the usage-only chunk (``choices: []``) that
+    ``stream_options.include_usage`` adds is read and left out: the proxy asked for it,
+    not the caller.
     """
 
-    __slots__ = ("dialect", "failed", "finished", "malformed", "usage")
+    __slots__ = (
+        "dialect",
+        "failed",
+        "finish_reason",
+        "finished",
+        "malformed",
+        "model",
+        "strip_usage",
+        "usage",
+    )
 
-    def __init__(self, dialect: Dialect = OPENAI) -> None:
+    def __init__(self, dialect: Dialect = OPENAI, *, strip_usage: bool = False) -> None:
         self.dialect = dialect
         self.finished = False
         self.failed = False
         self.malformed = False
         self.usage: TokenUsage | None = None
+        self.model: str | None = None
+        self.finish_reason: str | None = None
+        self.strip_usage = strip_usage
 
     def accept(self, events: list[bytes]) -> list[bytes]:
+        kept: list[bytes] | None = None  # a copy, made only once an event is left out
         for index, event in enumerate(events):
             # Fast path, nearly every event: one ``data: {...}`` line.
             if event.startswith(b"data: {") and event.find(b"\n") == len(event) - 2:
@@ -79,39 +95,67 @@ class StreamAudit:
                     payload = _json.loads(event[6:-2])  # a dict: the data starts with "{"
                 except _json.JSONDecodeError:
                     self.malformed = True
-                    return events[:index]
-                if "usage" in payload or "error" in payload:
-                    self._note(payload)
-            elif not self._check(event):
-                self.malformed = True
-                return events[:index]
-        return events
+                    return events[:index] if kept is None else kept
+                drop = self._look(payload)
+            else:
+                verdict = self._check(event)
+                if verdict is None:
+                    self.malformed = True
+                    return events[:index] if kept is None else kept
+                drop = verdict
+            if drop:
+                if kept is None:
+                    kept = events[:index]
+            elif kept is not None:
+                kept.append(event)
+        return events if kept is None else kept
 
-    def _check(self, event: bytes) -> bool:
+    def _look(self, payload: dict[str, Any], *, named: bool = False) -> bool:
+        """Notes what a chunk says; True for a usage-only chunk to leave out. A ``named``
+        event (the slow path: Anthropic's, the Responses API's) is read for usage
+        wherever its dialect keeps it."""
+        if self.model is None:
+            model = payload.get("model")
+            if isinstance(model, str):
+                self.model = model
+        choices = payload.get("choices")
+        if choices and isinstance(choices, list):
+            first = choices[0]
+            if isinstance(first, dict):
+                reason = first.get("finish_reason")
+                if isinstance(reason, str):
+                    self.finish_reason = reason
+        if named or "usage" in payload or "error" in payload:
+            self._note(payload)
+            return self.strip_usage and choices == [] and isinstance(payload.get("usage"), dict)
+        return False
+
+    def _check(self, event: bytes) -> bool | None:
+        """None for a malformed event; else whether to leave it out."""
         data = event_data(event)
         if not data:
-            return True  # a comment or keep-alive: no data to check
+            return False  # a comment or keep-alive: no data to check
         dialect = self.dialect
         name = event_name(event)
         if name in dialect.failure_events:
             self.finished = self.failed = True
-            return True
+            return False
         stripped = data.strip()
         if dialect.end_data is not None and stripped == dialect.end_data:
             self.finished = True
-            return True
+            return False
         if stripped == DONE:  # some servers end other APIs' streams with chat's marker too
-            return True
+            return False
         try:
             payload: Any = _json.loads(data)
         except _json.JSONDecodeError:
-            return False
+            return None
         if not isinstance(payload, dict):
-            return False
-        self._note(payload)
+            return None
+        drop = self._look(payload, named=True)
         if name in dialect.end_events:
             self.finished = True
-        return True
+        return drop
 
     def _note(self, payload: dict[str, Any]) -> None:
         if payload.get("error") is not None:
@@ -135,4 +179,12 @@ def _merged(before: TokenUsage | None, now: TokenUsage) -> TokenUsage:
         total = prompt + completion  # the parts came apart: their sum, not a stale total
     elif total is None:
         total = before.total_tokens
-    return TokenUsage(prompt, completion, total)
+    cached = now.cached_prompt_tokens
+    reasoning = now.reasoning_tokens
+    return TokenUsage(
+        prompt,
+        completion,
+        total,
+        before.cached_prompt_tokens if cached is None else cached,
+        before.reasoning_tokens if reasoning is None else reasoning,
+    )

@@ -23,6 +23,8 @@ Rules, in short:
   soon as its headers arrive: the caller gets them while the first event is read.
 - A provider that fails ``Cooldown.after_failures`` times in a row is tried last for
   ``Cooldown.seconds``, so requests stop paying its timeout while healthy ones exist.
+- An ``AttemptObserver`` passed to ``send`` hears of each attempt as it starts and ends
+  (the request record, and a child span when tracing is on); nothing here knows more.
 """
 
 from __future__ import annotations
@@ -34,14 +36,17 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 import anyio
 
 from asgi_autoproxy._http.client_types import UpstreamClient
 from asgi_autoproxy._http.errors import timeout_errors, transport_errors
+from asgi_autoproxy._shared.state import SharedState
 from asgi_autoproxy._sse import EventSplitter, event_data, is_error
+from asgi_autoproxy._upstream.shared_health import ProviderHealth, SharedHealth
 from asgi_autoproxy.errors import ProxyError, ResponseTooLarge, bad_request, upstream_too_large
+from asgi_autoproxy.observability import AttemptOutcome
 from asgi_autoproxy.providers.base import Provider, UpstreamRequest, UpstreamResponse
 
 logger = logging.getLogger("asgi_autoproxy")
@@ -54,6 +59,14 @@ _LOAD_BALANCING: frozenset[str] = frozenset(get_args(LoadBalancing))
 _MAX_FAILED_BODY = 64 * 1024
 # How far to read into a stream looking for its first data event.
 _MAX_PEEK = 256 * 1024
+
+
+class AttemptObserver(Protocol):
+    """Hears of each upstream attempt (``observability.RequestTrace`` is one)."""
+
+    def attempt_started(self, provider: str, request: UpstreamRequest) -> None: ...
+
+    def attempt_ended(self, provider: str, status: int | None, outcome: AttemptOutcome) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,15 +116,10 @@ class Cooldown:
 
 
 @dataclass(slots=True)
-class _Health:
-    failures: int = 0
-    cooled_until: float = 0.0
-
-
-@dataclass(slots=True)
 class _Failure:
     provider: Provider
     reason: str
+    outcome: AttemptOutcome
     response: UpstreamResponse | None = None
     timed_out: bool = False
     retry_after: float | None = None
@@ -130,7 +138,10 @@ class Dispatcher:
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         rng: random.Random | None = None,
         provider_names: Sequence[str] | None = None,
+        shared: SharedState | None = None,
     ) -> None:
+        """``shared``: where cool-downs and round-robin turns are shared across instances
+        (``_upstream/shared_health.py``); None keeps them in this process."""
         if load_balancing not in _LOAD_BALANCING:
             raise ValueError(
                 f"load_balancing must be one of {sorted(_LOAD_BALANCING)}, got {load_balancing!r}"
@@ -152,8 +163,13 @@ class Dispatcher:
         self._sole_provider = provider_names is not None and len(provider_names) == 1
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._turns: dict[tuple[str, ...], int] = {}
-        self._health: dict[str, _Health] = {}
+        policy = cooldown or Cooldown()
+        after, seconds = policy.after_failures, policy.seconds if cooldown is not None else 0.0
+        self.health: ProviderHealth = (
+            ProviderHealth(after_failures=after, seconds=seconds, clock=policy.clock)
+            if shared is None
+            else SharedHealth(shared, after_failures=after, seconds=seconds, clock=policy.clock)
+        )
 
     # -- public -------------------------------------------------------------------------
 
@@ -162,6 +178,7 @@ class Dispatcher:
         candidates: Sequence[Provider],
         request: UpstreamRequest,
         client: UpstreamClient,
+        observer: AttemptObserver | None = None,
     ) -> tuple[Provider, UpstreamResponse]:
         if request.endpoint_name is not None:
             candidates = [_pinned(candidates, request)]
@@ -170,20 +187,31 @@ class Dispatcher:
         last: _Failure | None = None
         tried: list[str] = []
         peek = not (self._sole_provider and policy.max_retries == 0)
+        if self.cooldown is not None and len(candidates) > 1:
+            await self.health.refresh([p.name for p in candidates])
         for attempt_round in range(policy.max_retries + 1):
             if attempt_round:
                 delay = self._delay(attempt_round, last)
                 if time.monotonic() + delay - started > policy.deadline:
                     break
                 await self._sleep(delay)
-            for provider in self._order(candidates):
+            for provider in await self._order(candidates):
                 if (attempt_round or tried) and time.monotonic() - started > policy.deadline:
                     break
-                outcome = await self._attempt(provider, request, client, peek=peek)
+                if observer is not None:
+                    observer.attempt_started(provider.name, request)
+                try:
+                    outcome = await self._attempt(provider, request, client, peek=peek)
+                except BaseException as exc:
+                    if observer is not None:
+                        observer.attempt_ended(provider.name, None, _raised(exc))
+                    raise
+                if observer is not None:
+                    _observe_outcome(observer, provider, outcome)
                 if isinstance(outcome, UpstreamResponse):
-                    self._succeeded(provider)
+                    await self.health.succeeded(provider.name)
                     return provider, outcome
-                self._failed(provider)
+                await self._failed(provider)
                 tried.append(f"{provider.name!r} ({outcome.reason})")
                 logger.warning(
                     "provider %r failed for request %s: %s",
@@ -228,23 +256,21 @@ class Dispatcher:
             raise upstream_too_large(provider.name, exceeded) from None
         except timeout_errors():
             await _close_quietly(response)
-            return _Failure(provider, "timed out", timed_out=True)
+            return _Failure(provider, "timed out", "timeout", timed_out=True)
         except transport_errors() as exc:
             await _close_quietly(response)
-            return _Failure(provider, f"connection failed: {type(exc).__name__}")
+            return _Failure(provider, f"connection failed: {type(exc).__name__}", "connect_error")
         except BaseException:
             await _close_quietly(response)
             raise
 
     # -- ordering and health --------------------------------------------------------------
 
-    def _order(self, candidates: Sequence[Provider]) -> list[Provider]:
+    async def _order(self, candidates: Sequence[Provider]) -> list[Provider]:
         if len(candidates) == 1:
             return list(candidates)
         if self.load_balancing == "round_robin":
-            key = tuple(p.name for p in candidates)
-            turn = self._turns.get(key, 0)
-            self._turns[key] = (turn + 1) % len(candidates)
+            turn = await self.health.turn(tuple(p.name for p in candidates))
             ordered = [*candidates[turn:], *candidates[:turn]]
         elif self.load_balancing == "weighted":
             ordered = self._weighted_order(candidates)
@@ -274,21 +300,12 @@ class Dispatcher:
         return sorted(candidates, key=sort_key, reverse=True)
 
     def _cooling(self, provider: Provider, now: float) -> bool:
-        health = self._health.get(provider.name)
-        return health is not None and health.cooled_until > now
+        return self.health.cooling(provider.name, now)
 
-    def _succeeded(self, provider: Provider) -> None:
-        self._health.pop(provider.name, None)
-
-    def _failed(self, provider: Provider) -> None:
+    async def _failed(self, provider: Provider) -> None:
         if self.cooldown is None:
             return
-        health = self._health.setdefault(provider.name, _Health())
-        health.failures += 1
-        if health.failures >= self.cooldown.after_failures:
-            health.cooled_until = self.cooldown.clock() + self.cooldown.seconds
-            # One more failure after the pause cools it down again at once.
-            health.failures = self.cooldown.after_failures - 1
+        if await self.health.failed(provider.name):
             logger.warning(
                 "provider %r cooled down for %.0f s after repeated failures",
                 provider.name,
@@ -302,6 +319,22 @@ class Dispatcher:
         if last is not None and last.retry_after is not None:
             delay = max(delay, min(last.retry_after, policy.max_retry_after))
         return delay
+
+
+def _raised(exc: BaseException) -> AttemptOutcome:
+    if isinstance(exc, ProxyError):
+        return "too_large" if exc.code == "upstream_response_too_large" else "error"
+    return "cancelled" if not isinstance(exc, Exception) else "error"
+
+
+def _observe_outcome(
+    observer: AttemptObserver, provider: Provider, outcome: UpstreamResponse | _Failure
+) -> None:
+    if isinstance(outcome, UpstreamResponse):
+        observer.attempt_ended(provider.name, outcome.status, "ok")
+    else:
+        status = None if outcome.response is None else outcome.response.status
+        observer.attempt_ended(provider.name, status, outcome.outcome)
 
 
 def _should_fail_over(status: int) -> bool:
@@ -343,6 +376,7 @@ async def _failed_response(provider: Provider, response: UpstreamResponse) -> _F
     return _Failure(
         provider,
         f"HTTP {response.status}",
+        "error_status",
         response=kept,
         retry_after=_retry_after(response.headers),
     )
@@ -364,7 +398,9 @@ async def _peeked(provider: Provider, response: UpstreamResponse) -> UpstreamRes
                 failure = UpstreamResponse.from_bytes(
                     200, b"".join(buffered), response.headers, called=response.called
                 )
-                return _Failure(provider, "error event before any data", response=failure)
+                return _Failure(
+                    provider, "error event before any data", "error_event", response=failure
+                )
             break
         if size > _MAX_PEEK:
             break

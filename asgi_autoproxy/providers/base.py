@@ -66,6 +66,13 @@ class UpstreamRequest:
     """The most bytes of a whole answer to read, decoded; pass it to ``read``."""
     max_event_size: int | None = None
     """The most bytes of one SSE event; pass it to ``EventSplitter``."""
+    trace_context: tuple[tuple[str, str], ...] = ()
+    """W3C trace context headers (``traceparent``, ``tracestate``) to send upstream: the
+    caller's own, or the proxy's attempt span's when tracing is on. ``base_headers``
+    adds them; a custom provider sends them where it makes its own HTTP call."""
+    usage_requested: bool = False
+    """The proxy added ``stream_options.include_usage`` to ``body`` (not to ``payload``);
+    the usage-only chunk the upstream then sends is left out of the caller's stream."""
     headers: tuple[tuple[str, str], ...] = ()
     """Caller headers the route passes upstream (``anthropic-version``...): lower-case
     names, each once. A provider adds them to its own where it speaks that API."""
@@ -307,9 +314,12 @@ class HTTPProvider:
         return UpstreamResponse.from_httpx(opened, called)
 
     def base_headers(self, request: UpstreamRequest) -> dict[str, str]:
-        return {
+        headers = {
             "content-type": "application/json",
             "accept": "text/event-stream" if request.stream else "application/json",
             "x-request-id": request.request_id,
             **self._static_headers,
         }
+        if request.trace_context:
+            headers.update(request.trace_context)
+        return headers

@@ -13,11 +13,14 @@ from asgi_autoproxy._cache.crypto import (
     TAG_SIZE,
     derive_key,
     derive_secret,
+    entry_prk,
+    hkdf_expand,
+    hkdf_extract,
     seal,
     unseal,
 )
 
-SECRET = derive_secret(b"request material\x00sk-caller-secret")
+SECRET = derive_secret(entry_prk(bytes(32), "sk-caller-secret"))
 PLAINTEXT = b'{"choices":[{"message":{"content":"a private answer"}}]}'
 
 
@@ -50,7 +53,7 @@ def test_any_flipped_bit_is_refused() -> None:
 
 def test_wrong_secret_is_refused() -> None:
     sealed = seal(SECRET, PLAINTEXT)
-    assert unseal(derive_secret(b"request material\x00sk-other-caller"), sealed) is None
+    assert unseal(derive_secret(entry_prk(bytes(32), "sk-other-caller")), sealed) is None
     assert unseal(bytes(SECRET_SIZE), sealed) is None
 
 
@@ -81,7 +84,7 @@ def test_bad_secret_length() -> None:
 
 
 def test_key_and_secret_are_independent_and_deterministic() -> None:
-    material = b"chat\x00openai\x00{}"
+    material = entry_prk(bytes(32), "sk-caller")
     key, secret = derive_key(material), derive_secret(material)
     assert key == derive_key(material) and secret == derive_secret(material)
     assert len(key) == 64 and int(key, 16) >= 0
@@ -89,6 +92,30 @@ def test_key_and_secret_are_independent_and_deterministic() -> None:
     assert bytes.fromhex(key) != secret
     assert derive_key(material + b"x") != key
     assert derive_secret(material + b"x") != secret
+
+
+@given(st.binary(max_size=64), st.binary(max_size=256), st.binary(max_size=64))
+def test_hkdf_is_rfc5869_as_cryptography_computes_it(salt: bytes, ikm: bytes, info: bytes) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    theirs = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt or None, info=info).derive(ikm)
+    assert hkdf_expand(hkdf_extract(salt, ikm), info) == theirs
+
+
+def test_the_credential_and_the_server_secret_each_change_the_key_and_secret() -> None:
+    digest = bytes(range(32))
+    variants = [
+        entry_prk(digest, None),
+        entry_prk(digest, ""),
+        entry_prk(digest, "sk-a"),
+        entry_prk(digest, "sk-b"),
+        entry_prk(digest, None, server_secret=b"s1"),
+        entry_prk(digest, None, server_secret=b"s2"),
+        entry_prk(digest, "sk-a", server_secret=b"s1"),
+    ]
+    assert len({derive_key(p) for p in variants}) == len(variants)
+    assert len({derive_secret(p) for p in variants}) == len(variants)
 
 
 @given(st.binary(max_size=4096), st.binary(min_size=32, max_size=32), st.binary(max_size=64))

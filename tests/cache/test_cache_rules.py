@@ -3,7 +3,8 @@ entry keys that must not change under stored entries, and the entry byte format.
 
 from __future__ import annotations
 
-import hashlib
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from asgi_autoproxy import _json
 from asgi_autoproxy._cache import keys
 from asgi_autoproxy._cache.entry import CachedResponse
 from asgi_autoproxy._cache.policy import decide
+from tests.processes import REPO_ROOT, child_env
 
 PAYLOADS: list[dict[str, Any]] = [
     {"model": "m"},
@@ -37,31 +39,65 @@ def test_no_cache_headers_decide_as_the_spelled_out_defaults(
 
 
 # Keys name entries already stored (in Redis, say): a change must come with a new
-# KEY_VERSION, never by accident. Values from the key derivation as first released.
-KNOWN_KEYS = {
-    "blake3": "50d783f88dae86996992e0826205d6059944a0b3f5f7161aacd3ba4dd66b3a76",
-    "sha256": "1e2382c057c9cc5295a981838690c98536405b12c5fbcbb9a8eee7e18dc75a70",
+# KEY_VERSION, never by accident. Values from the key derivation as first released (v2).
+KEY_PAYLOAD = {
+    "model": "gpt-4o-mini",
+    "stream": False,
+    "temperature": 0,
+    "messages": [{"role": "user", "content": "héllo"}],
 }
+KNOWN_KEY = "33704513451728a107c8bbfbff265383a19c3a7fed7e2ede1e43530b6c16cc56"
+KNOWN_SECRET = "56759ba76b1137e554d62a0ce9a4a43e9cf5fe4a2d6a7282a34343963f924466"
+KNOWN_SHARED_KEY = "aac8a86635e500a82ec04b54bbc79fe59dfa209103cf22661202e79f2a9afb35"
+_PRINT_KEYS = (
+    "from asgi_autoproxy._cache import keys\n"
+    f"payload = {KEY_PAYLOAD!r}\n"
+    "k = keys.entry_key(endpoint='chat', providers='openai,backup', caller='key:abc',"
+    " payload=payload, credential='sk-caller')\n"
+    "s = keys.entry_key(endpoint='chat', providers='openai,backup', caller='shared',"
+    " payload=payload, server_secret=b'server')\n"
+    "print(k.key, k.secret.hex(), s.key)\n"
+)
 
 
-@pytest.mark.parametrize("hash_name", ["blake3", "sha256"])
-def test_entry_keys_do_not_change(monkeypatch: pytest.MonkeyPatch, hash_name: str) -> None:
-    if hash_name == "blake3":
-        blake3 = pytest.importorskip("blake3")
-        monkeypatch.setattr(keys, "new_hash", blake3.blake3)
-    else:
-        monkeypatch.setattr(keys, "new_hash", hashlib.sha256)
-    monkeypatch.setattr(keys, "_HASH_NAME", hash_name)
-    payload = {
-        "model": "gpt-4o-mini",
-        "stream": False,
-        "temperature": 0,
-        "messages": [{"role": "user", "content": "héllo"}],
-    }
+def test_entry_keys_do_not_change() -> None:
     key = keys.entry_key(
-        endpoint="chat", providers="openai,backup", caller="key:abc", payload=payload
+        endpoint="chat",
+        providers="openai,backup",
+        caller="key:abc",
+        payload=KEY_PAYLOAD,
+        credential="sk-caller",
     )
-    assert key.key == KNOWN_KEYS[hash_name]
+    assert (key.key, key.secret.hex()) == (KNOWN_KEY, KNOWN_SECRET)
+    shared = keys.entry_key(
+        endpoint="chat",
+        providers="openai,backup",
+        caller="shared",
+        payload=KEY_PAYLOAD,
+        server_secret=b"server",
+    )
+    assert shared.key == KNOWN_SHARED_KEY
+
+
+@pytest.mark.parametrize("blake3", ["installed", "absent"])
+def test_keys_are_the_same_with_and_without_the_fast_extra(blake3: str) -> None:
+    """Instances with and without blake3 share one cache: the same name, the same secret."""
+    if blake3 == "installed":
+        pytest.importorskip("blake3")
+        code = "import blake3\n" + _PRINT_KEYS
+    else:
+        code = "import sys; sys.modules['blake3'] = None\n" + _PRINT_KEYS
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env=child_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [KNOWN_KEY, KNOWN_SECRET, KNOWN_SHARED_KEY]
 
 
 def test_a_decoded_entry_has_its_headers_encoded_as_sent() -> None:

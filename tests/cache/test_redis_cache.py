@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from hashlib import sha256
 
 import anyio
 import pytest
@@ -18,7 +19,7 @@ import redis.asyncio
 
 from asgi_autoproxy import RedisCache
 from asgi_autoproxy._cache.backends.base import CacheBackend
-from asgi_autoproxy._cache.crypto import derive_key, derive_secret, seal, unseal
+from asgi_autoproxy._cache.crypto import derive_key, derive_secret, entry_prk, seal, unseal
 from tests.processes import REPO_ROOT as ROOT
 from tests.redis_server import RedisServer, free_port, running_redis
 
@@ -71,23 +72,23 @@ async def test_set_get_delete_roundtrip(cache: RedisCache, raw: redis.asyncio.Re
     assert await cache.get("ab12") is None
     await cache.set("ab12", b"\x00value\xff", ttl=60)
     assert await cache.get("ab12") == b"\x00value\xff"
-    assert await raw.get("test:ab12") == b"\x00value\xff"
+    assert await raw.get("test:{ab12}") == b"\x00value\xff"
     await cache.delete("ab12")
     assert await cache.get("ab12") is None
-    assert await raw.exists("test:ab12") == 0
+    assert await raw.exists("test:{ab12}") == 0
     assert (cache.hits, cache.misses, cache.errors, cache.skipped) == (1, 2, 0, 0)
 
 
 async def test_ttl_is_native_to_redis(cache: RedisCache, raw: redis.asyncio.Redis) -> None:
     await cache.set("week", b"v", ttl=604800)
     await cache.set("fraction", b"v", ttl=1.5)
-    assert 604790 <= await raw.ttl("test:week") <= 604800
-    assert 1000 < await raw.pttl("test:fraction") <= 1500
+    assert 604790 <= await raw.ttl("test:{week}") <= 604800
+    assert 1000 < await raw.pttl("test:{fraction}") <= 1500
 
 
 async def test_entry_expires(cache: RedisCache, raw: redis.asyncio.Redis) -> None:
     await cache.set("short", b"v", ttl=0.1)
-    assert 0 < await raw.pttl("test:short") <= 100
+    assert 0 < await raw.pttl("test:{short}") <= 100
 
     async def gone() -> bool:
         return await cache.get("short") is None
@@ -112,7 +113,7 @@ async def test_prefixes_isolate_caches(shared_redis: RedisServer, raw: redis.asy
         await a.delete("k1")
         assert await a.get("k1") is None
         assert await b.get("k1") == b"from b"
-    assert sorted(await raw.keys("*")) == [b"app-b:k1"]
+    assert sorted(await raw.keys("*")) == [b"app-b:{k1}"]
 
 
 async def test_concurrent_use_shares_a_bounded_pool(
@@ -170,7 +171,7 @@ async def test_caller_client_is_used_and_left_open(
     cache = RedisCache(prefix="mine:", client=client)
     await cache.set("k", b"v", ttl=60)
     await cache.aclose()
-    assert await client.get("mine:k") == b"v"
+    assert await client.get("mine:{k}") == b"v"
     await client.aclose()
 
 
@@ -252,8 +253,8 @@ async def test_nothing_readable_at_rest(cache: RedisCache, raw: redis.asyncio.Re
     response = json.dumps(
         {"model": model, "choices": [{"message": {"content": completion}}]}
     ).encode()
-    key = derive_key(b"chat\x00openai\x00" + request)
-    secret = derive_secret(b"chat\x00openai\x00" + request + b"\x00" + token.encode())
+    key = derive_key(entry_prk(sha256(b"chat\x00openai\x00" + request).digest(), token))
+    secret = derive_secret(entry_prk(sha256(b"chat\x00openai\x00" + request).digest(), token))
     assert cache.encrypt
     await cache.set(key, seal(secret, response), ttl=60)
     token_lock = await cache.acquire_lock(key, 5000)
@@ -272,7 +273,9 @@ async def test_nothing_readable_at_rest(cache: RedisCache, raw: redis.asyncio.Re
     stored = await cache.get(key)
     assert stored is not None
     assert unseal(secret, stored) == response
-    other_caller = derive_secret(b"chat\x00openai\x00" + request + b"\x00sk-someone-else")
+    other_caller = derive_secret(
+        entry_prk(sha256(b"chat\x00openai\x00" + request).digest(), "sk-someone-else")
+    )
     assert unseal(other_caller, stored) is None
 
 
@@ -328,7 +331,7 @@ async def test_slow_redis_is_bounded_by_the_timeout(
     own_redis: RedisServer,
 ) -> None:
     admin = redis.asyncio.Redis.from_url(own_redis.url)
-    await admin.set("slow:k", b"v")
+    await admin.set("slow:{k}", b"v")
     async with RedisCache(own_redis.url, prefix="slow:", retry_after=0.2) as cache:
         await admin.execute_command("CLIENT", "PAUSE", "1000")
         for _ in range(4):
@@ -377,11 +380,11 @@ async def test_lock_has_one_holder_and_only_the_holder_frees_it(
     token = await cache.acquire_lock("k", 5000)
     assert token is not None
     assert await cache.acquire_lock("k", 5000) is None
-    assert 0 < await raw.pttl("test:lock:k") <= 5000
+    assert 0 < await raw.pttl("test:lock:{k}") <= 5000
     await cache.release_lock("k", "not-the-token")
     assert await cache.acquire_lock("k", 5000) is None
     await cache.release_lock("k", token)
-    assert await raw.exists("test:lock:k") == 0
+    assert await raw.exists("test:lock:{k}") == 0
     assert await cache.acquire_lock("k", 5000) is not None
 
 

@@ -220,7 +220,10 @@ def test_every_error_code_is_in_the_reference() -> None:
 
 def test_every_error_code_the_docs_name_exists() -> None:
     codes = error_codes() | {"upstream_<status>"}  # upstream_404 and so on
-    types = set(re.findall(r'"([a-z_]+_error)"', package_source()))
+    source = package_source()
+    types = set(re.findall(r'"([a-z_]+_error)"', source)) | set(
+        re.findall(r'type="([a-z_]+)"', source)
+    )
     # The code column of the errors table: `type` / `code`, or `code` alone.
     table_cells = re.findall(r"^\|[^|]*\|[^|]*\| (.*) \|$", ERRORS_PAGE.read_text(), re.M)
     named_in_table = {n for cell in table_cells for n in re.findall(r"`([a-z_<>]+)`", cell)}

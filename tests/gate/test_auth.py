@@ -285,19 +285,22 @@ async def test_authenticated_callers_do_not_share_cache_entries(
     assert upstream.calls == 2
 
 
-async def test_keys_of_one_caller_id_share_its_cache(
+async def test_keys_of_one_caller_id_do_not_share_cache_entries(
     make_proxy: MakeProxy, upstream: FakeUpstream
 ) -> None:
-    """Isolation follows the caller id, not the key: rotating a key keeps the cache."""
+    """Entries are bound to the credential (their encryption key derives from it), so
+    two keys of one caller id each have their own, in this process as in Redis."""
     app = make_proxy(
         provider={"api_key": SERVER_KEY}, api_keys={CALLER_KEY: "team", OTHER_KEY: "team"}
     )
     body = chat_body(temperature=0)
     async with http(app, CALLER_KEY) as old_key, http(app, OTHER_KEY) as new_key:
-        await old_key.post("/v1/proxy/auto", json=body)
-        hit = await new_key.post("/v1/proxy/auto", json=body)
-    assert hit.headers["x-bt-cached"] == "HIT"
-    assert upstream.calls == 1
+        first = await old_key.post("/v1/proxy/auto", json=body)
+        other = await new_key.post("/v1/proxy/auto", json=body)
+        again = await new_key.post("/v1/proxy/auto", json=body)
+    labels = [r.headers["x-bt-cached"] for r in (first, other, again)]
+    assert labels == ["MISS", "MISS", "HIT"]
+    assert upstream.calls == 2
 
 
 class DictBackend:

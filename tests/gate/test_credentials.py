@@ -329,20 +329,25 @@ async def test_a_remembered_cache_plan_does_not_skip_the_model_check(
     assert "x-bt-cached" not in other.headers
 
 
-async def test_cache_scope_is_the_issuers(
+async def test_a_temporary_credential_has_cache_entries_of_its_own(
     proxy: AutoProxyMiddleware, upstream: FakeUpstream
 ) -> None:
+    """Entries are bound to the credential presented (issue 16: their encryption key
+    derives from it), so a temporary credential does not read its issuer's key's entries,
+    as a second key of one caller id does not; it reads its own."""
     body = chat_body("scope of the issuer", temperature=0)
     alice_token = await issue(proxy)
     bob_token = await issue(proxy, key=BOB_KEY)
     async with http(proxy) as client:
         by_key = await client.post(CHAT, json=body, headers=bearer(CALLER_KEY))
         by_token = await client.post(CHAT, json=body, headers=bearer(alice_token))
+        again = await client.post(CHAT, json=body, headers=bearer(alice_token))
         by_bob = await client.post(CHAT, json=body, headers=bearer(bob_token))
     assert by_key.headers["x-bt-cached"] == "MISS"
-    assert by_token.headers["x-bt-cached"] == "HIT"
+    assert by_token.headers["x-bt-cached"] == "MISS"
+    assert again.headers["x-bt-cached"] == "HIT"
     assert by_bob.headers["x-bt-cached"] == "MISS"  # another caller: its own entries
-    assert upstream.calls == 2
+    assert upstream.calls == 3
 
 
 async def test_rate_limit_is_the_issuers(build: MakeProxy, upstream: FakeUpstream) -> None:

@@ -33,6 +33,8 @@ OPTIONAL_MODULES = {
     "fastapi",
     "httptools",
     "httpx2",
+    "opentelemetry",
+    "prometheus_client",
     "redis",
     "starlette",
     "uvicorn",

@@ -19,7 +19,8 @@ class CacheBackend(Protocol):
     backend may raise or be slow: the middleware bounds each call with a timeout and
     treats a failure as a miss or a skipped write, so a request is never lost to it.
 
-    Optional: ``encrypt`` (``EncryptedBackend``), ``aclose`` (``Closable``), the locks of
+    Optional: ``encrypt`` (``EncryptedBackend``), ``server_secret``
+    (``ServerSecretBackend``), ``aclose`` (``Closable``), the locks of
     ``SharedLockBackend``.
     """
 
@@ -52,11 +53,39 @@ class SharedLockBackend(Protocol):
 
 
 @runtime_checkable
+class StreamBackend(Protocol):
+    """A ``SharedLockBackend`` that can also relay a stream to other processes as it
+    comes (``RedisCache`` does, on Redis Streams): the lock holder appends, the others
+    read."""
+
+    async def stream_leader(self, key: str) -> str | None: ...
+
+    async def keep_lock(self, key: str, token: str, ttl_ms: int) -> bool: ...
+
+    async def stream_append(
+        self, key: str, token: str, items: list[bytes], ttl_ms: int
+    ) -> bool: ...
+
+    async def stream_read(
+        self, key: str, token: str, after: bytes, block_ms: int
+    ) -> list[tuple[bytes, bytes]] | None: ...
+
+
+@runtime_checkable
 class EncryptedBackend(Protocol):
     """A backend whose ``encrypt`` is True gets values sealed with AES-256-GCM under a key
     derived from the request and the caller's credential, which it never sees."""
 
     encrypt: bool
+
+
+@runtime_checkable
+class ServerSecretBackend(Protocol):
+    """A backend with a ``server_secret``: mixed (as HKDF's salt) into every entry's name
+    and encryption secret, so that entries shared across callers, which no credential
+    protects, cannot be opened from a dump without it."""
+
+    server_secret: bytes | None
 
 
 @runtime_checkable

@@ -114,6 +114,13 @@ class MemoryCache:
             self._data.clear()
 
     @property
+    def entry_count(self) -> int:
+        """Entries held now, expired ones not yet dropped included: cheap enough to read
+        on every request (``stats`` drops the expired ones first)."""
+        with self._lock:
+            return len(self._data)
+
+    @property
     def stats(self) -> MemoryCacheStats:
         with self._lock:
             self._data.expire()

@@ -4,36 +4,37 @@ Redis is an optimisation here, never a dependency of a request. Every operation 
 bounded by ``timeout``; a failure or a timeout is a miss or a skipped write, logged
 without keys' material or values. After a few failures in a row the cache stops
 asking Redis for ``retry_after`` seconds, then tries again, so a dead Redis costs
-nothing and a revived one is used again without a restart.
+nothing and a revived one is used again without a restart (``_shared/redis_link.py``).
 
 Only basic commands are used (GET, SET with PX and NX, DEL, MGET, EVAL), so any
-Redis 6+ or Valkey server works. ``redis`` is imported when a RedisCache is made,
-so importing asgi_autoproxy never needs the ``redis`` extra.
+Redis 6+ or Valkey server works, a Redis Cluster too: an entry's key, its lock and its
+stream carry the same hash tag, so they live in one slot and MGET or a script over
+them never meets ``CROSSSLOT``. ``redis`` is imported when a RedisCache is made, so
+importing asgi_autoproxy never needs the ``redis`` extra.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
+import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 import anyio
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+from asgi_autoproxy._shared.redis_link import EXTRA_HINT, RedisLink, Unavailable, hash_tag
 
-__all__ = ["RedisCache"]
+if TYPE_CHECKING:
+    from asgi_autoproxy._shared.redis_link import Client
+
+__all__ = ["SECRET_VARIABLE", "RedisCache"]
 
 logger = logging.getLogger("asgi_autoproxy.cache.redis")
 
-T = TypeVar("T")
-
-EXTRA_HINT = "pip install 'asgi_autoproxy[redis]'"
+SECRET_VARIABLE = "ASGI_AUTOPROXY_CACHE_SECRET"
+"""The environment variable ``RedisCache`` reads its ``server_secret`` from when not given."""
 
 # Delete the lock only if it still holds our token: never free another holder's lock.
 _RELEASE_LOCK = """
@@ -44,25 +45,33 @@ return 0
 """
 
 
-class _Unavailable(Exception):
-    """Internal: the operation failed or was not tried; the caller degrades."""
+# Extend the lock only while it still holds our token.
+_KEEP_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
 
 
 class RedisCache:
     """A ``CacheBackend`` storing entries in Redis with native TTLs.
 
     ``encrypt`` (on by default) tells the cache layer to seal every value with
-    AES-256-GCM before it reaches Redis. Connections come from a pool made lazily
-    for each event loop (redis.asyncio connections cannot cross loops); call
-    ``aclose()`` on shutdown, or use ``async with``. A ``client`` you pass in is
-    used as is and left open for you to close.
+    AES-256-GCM before it reaches Redis. ``server_secret`` (or the
+    ``ASGI_AUTOPROXY_CACHE_SECRET`` environment variable) is mixed into every entry's
+    name and secret: it is what protects entries shared across callers. Connections
+    come from a pool made lazily for each event loop (redis.asyncio connections cannot
+    cross loops); call ``aclose()`` on shutdown, or use ``async with``. A ``client``
+    you pass in (``Redis``, ``RedisCluster``, Sentinel's ``master_for``) is used as is
+    and left open for you to close.
 
     Counters: ``hits``, ``misses`` (for ``get``), ``errors`` (operations that failed
     or timed out) and ``skipped`` (operations not tried while backing off).
     """
 
     #: Consecutive failures before backing off for ``retry_after`` seconds.
-    failures_before_backoff = 3
+    failures_before_backoff = RedisLink.failures_before_backoff
 
     def __init__(
         self,
@@ -70,46 +79,41 @@ class RedisCache:
         *,
         prefix: str = "asgi_autoproxy:",
         encrypt: bool = True,
+        server_secret: str | bytes | None = None,
         timeout: float = 0.1,
         retry_after: float = 1.0,
         max_connections: int = 32,
-        client: Redis | None = None,
+        client: Client | None = None,
     ) -> None:
         _require_extra(encrypt=encrypt)
-        if timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        if retry_after < 0:
-            raise ValueError(f"retry_after must be zero or more seconds, got {retry_after!r}")
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, got {max_connections!r}")
-        if client is not None and client.connection_pool.connection_kwargs.get("decode_responses"):
-            raise ValueError("RedisCache needs a client made with decode_responses=False")
-        if client is None:
-            from redis.asyncio.connection import parse_url
-
-            try:
-                parse_url(url)
-            except ValueError as exc:
-                raise ValueError(
-                    f"RedisCache url must look like redis://host:6379/0, rediss://... or "
-                    f"unix:///path/redis.sock ({exc})"
-                ) from None
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(
+                "RedisCache prefix must not contain '{' or '}': the cache tags each "
+                "entry's keys with its own hash tag, so that a cluster keeps them together"
+            )
+        self.link = RedisLink(
+            None if client is not None else url,
+            client=client,
+            timeout=timeout,
+            retry_after=retry_after,
+            max_connections=max_connections,
+            what="RedisCache",
+            log=logger,
+        )
+        if server_secret is None:
+            server_secret = os.environ.get(SECRET_VARIABLE) or None
+        self.server_secret: bytes | None = (
+            server_secret.encode() if isinstance(server_secret, str) else server_secret
+        )
         self.prefix = prefix
         self.encrypt = encrypt
         self.timeout = timeout
         self.retry_after = retry_after
         self.max_connections = max_connections
         #: Where the cache points, with any password left out: safe to log.
-        self.location = _redact(url) if client is None else "a caller-provided client"
-        self._url = url
-        self._client = client
-        self._clients: dict[asyncio.AbstractEventLoop, Redis] = {}
-        self._failures = 0
-        self._retry_at = 0.0
+        self.location = self.link.location
         self.hits = 0
         self.misses = 0
-        self.errors = 0
-        self.skipped = 0
 
     def __repr__(self) -> str:
         return f"RedisCache({self.location!r}, prefix={self.prefix!r}, encrypt={self.encrypt})"
@@ -117,15 +121,23 @@ class RedisCache:
     @property
     def available(self) -> bool:
         """False while backing off after failures; the cache is skipped meanwhile."""
-        return self._failures < self.failures_before_backoff
+        return self.link.available
+
+    @property
+    def errors(self) -> int:
+        return self.link.errors
+
+    @property
+    def skipped(self) -> int:
+        return self.link.skipped
 
     # --- CacheBackend ---------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
-        name = self.prefix + key
+        name = self.entry_name(key)
         try:
-            value = await self._execute("get", lambda redis: redis.get(name))
-        except _Unavailable:
+            value = await self.link.run("get", lambda redis: redis.get(name))
+        except Unavailable:
             return None
         if value is None:
             self.misses += 1
@@ -136,17 +148,17 @@ class RedisCache:
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         if ttl <= 0:
             return
-        name, ttl_ms = self.prefix + key, max(1, math.ceil(ttl * 1000))
+        name, ttl_ms = self.entry_name(key), max(1, math.ceil(ttl * 1000))
         try:
-            await self._execute("set", lambda redis: redis.set(name, value, px=ttl_ms))
-        except _Unavailable:
+            await self.link.run("set", lambda redis: redis.set(name, value, px=ttl_ms))
+        except Unavailable:
             return
 
     async def delete(self, key: str) -> None:
-        name = self.prefix + key
+        name = self.entry_name(key)
         try:
-            await self._execute("delete", lambda redis: redis.delete(name))
-        except _Unavailable:
+            await self.link.run("delete", lambda redis: redis.delete(name))
+        except Unavailable:
             return
 
     # --- Coalescing across instances -----------------------------------------
@@ -161,23 +173,24 @@ class RedisCache:
         """
         if ttl_ms < 1:
             raise ValueError(f"ttl_ms must be at least 1, got {ttl_ms!r}")
-        name, token = self._lock_name(key), secrets.token_hex(16)
+        name, token = self.lock_name(key), secrets.token_hex(16)
         try:
-            acquired = await self._execute(
+            acquired = await self.link.run(
                 "acquire_lock", lambda redis: redis.set(name, token, nx=True, px=ttl_ms)
             )
-        except _Unavailable:
+        except Unavailable:
             return token
         return token if acquired else None
 
     async def release_lock(self, key: str, token: str) -> None:
         """Free the lock if ``token`` still holds it; a lock that expired is left alone."""
-        name = self._lock_name(key)
+        name = self.lock_name(key)
         try:
-            await self._execute(
-                "release_lock", lambda redis: redis.eval(_RELEASE_LOCK, 1, name, token)
+            await self.link.run(
+                "release_lock",
+                lambda redis: redis.eval(_RELEASE_LOCK, 1, name, token),
             )
-        except _Unavailable:
+        except Unavailable:
             return
 
     async def wait_for(
@@ -189,15 +202,16 @@ class RedisCache:
         stored (the holder failed or chose not to store), on a Redis failure, or at
         the deadline. None means: call upstream yourself.
         """
-        name, lock_name = self.prefix + key, self._lock_name(key)
+        name, lock_name = self.entry_name(key), self.lock_name(key)
         deadline = time.monotonic() + max_wait
         delay = poll_interval
         while True:
             try:
-                value, lock = await self._execute(
+                # One slot (the hash tag): a cluster serves this MGET from one node.
+                value, lock = await self.link.run(
                     "wait_for", lambda redis: redis.mget([name, lock_name])
                 )
-            except _Unavailable:
+            except Unavailable:
                 return None
             if value is not None:
                 return _as_bytes(value)
@@ -207,92 +221,87 @@ class RedisCache:
             await anyio.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.1)
 
+    # --- Streams across instances ---------------------------------------------
+
+    async def stream_leader(self, key: str) -> str | None:
+        """The token of the instance leading ``key`` (its lock's value), or None."""
+        name = self.lock_name(key)
+        try:
+            token = await self.link.run("stream_leader", lambda redis: redis.get(name))
+        except Unavailable:
+            return None
+        return None if token is None else _as_bytes(token).decode()
+
+    async def keep_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        """Extend the lock while ``token`` holds it: the leader's heartbeat."""
+        name = self.lock_name(key)
+        try:
+            kept = await self.link.run(
+                "keep_lock", lambda redis: redis.eval(_KEEP_LOCK, 1, name, token, ttl_ms)
+            )
+        except Unavailable:
+            return False
+        return bool(kept)
+
+    async def stream_append(self, key: str, token: str, items: list[bytes], ttl_ms: int) -> bool:
+        """Append ``items`` to the leader's stream of ``key``; False when Redis failed."""
+        name = self.stream_name(key, token)
+
+        async def append(redis: Client) -> None:
+            pipe = redis.pipeline(transaction=False)
+            for item in items:
+                pipe.xadd(name, {b"d": item})
+            pipe.pexpire(name, ttl_ms)
+            await pipe.execute()
+
+        try:
+            await self.link.run("stream_append", append)
+        except Unavailable:
+            return False
+        return True
+
+    async def stream_read(
+        self, key: str, token: str, after: bytes, block_ms: int
+    ) -> list[tuple[bytes, bytes]] | None:
+        """Items after ``after`` (an entry id; ``0-0`` for all), waiting up to
+        ``block_ms`` for one; None when Redis failed."""
+        name = self.stream_name(key, token)
+
+        async def read(redis: Client) -> object:
+            return await redis.xread({name: after}, count=512, block=block_ms)
+
+        try:
+            found = await self.link.run("stream_read", read, wait=block_ms / 1000)
+        except Unavailable:
+            return None
+        items: list[tuple[bytes, bytes]] = []
+        for _stream, entries in found or []:  # type: ignore[attr-defined]
+            for entry_id, fields in entries:
+                items.append((_as_bytes(entry_id), _as_bytes(fields[b"d"])))
+        return items
+
+    # --- Names ----------------------------------------------------------------
+
+    def entry_name(self, key: str) -> str:
+        return self.prefix + hash_tag(key)
+
+    def lock_name(self, key: str) -> str:
+        return f"{self.prefix}lock:{hash_tag(key)}"
+
+    def stream_name(self, key: str, token: str = "") -> str:
+        return f"{self.prefix}stream:{hash_tag(key)}{token}"
+
     # --- Lifecycle ------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Close this event loop's connections. A later call opens new ones."""
-        if self._client is not None:
-            return
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        for loop in [loop for loop in self._clients if loop.is_closed()]:
-            del self._clients[loop]
-        if client is not None:
-            with anyio.move_on_after(max(self.timeout, 1.0)):
-                await client.connection_pool.disconnect()
+        await self.link.aclose()
 
     async def __aenter__(self) -> RedisCache:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    # --- Internals ------------------------------------------------------------
-
-    def _lock_name(self, key: str) -> str:
-        return f"{self.prefix}lock:{key}"
-
-    def _redis(self) -> Redis:
-        if self._client is not None:
-            return self._client
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = self._connect()
-        return client
-
-    def _connect(self) -> Redis:
-        from redis.asyncio import BlockingConnectionPool, Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        pool = BlockingConnectionPool.from_url(
-            self._url,
-            max_connections=self.max_connections,
-            timeout=self.timeout,  # waiting for a free connection
-            socket_connect_timeout=self.timeout,
-            socket_timeout=max(self.timeout, 1.0),
-            # One immediate retry replaces a connection Redis dropped (say, on restart).
-            retry=Retry(NoBackoff(), 1),
-        )
-        return Redis(connection_pool=pool)
-
-    async def _execute(self, op: str, command: Callable[[Redis], Awaitable[T]]) -> T:
-        """Run one command within ``timeout``; raise _Unavailable on any failure."""
-        if not self.available and time.monotonic() < self._retry_at:
-            self.skipped += 1
-            raise _Unavailable
-        try:
-            with anyio.fail_after(self.timeout):
-                result = await command(self._redis())
-        except Exception as exc:
-            self._failed(op, exc)
-            raise _Unavailable from None
-        if self._failures:
-            if not self.available:
-                logger.warning("Redis cache at %s is reachable again", self.location)
-            self._failures = 0
-        return result
-
-    def _failed(self, op: str, exc: Exception) -> None:
-        self.errors += 1
-        self._failures += 1
-        reason = (
-            f"no answer within {self.timeout}s"
-            if isinstance(exc, TimeoutError) and not str(exc)
-            else f"{type(exc).__name__}: {exc}"
-        )
-        if self._failures == self.failures_before_backoff:
-            logger.warning(
-                "Redis cache at %s is failing (%s on %s); serving without it and retrying in %.1fs",
-                self.location,
-                reason,
-                op,
-                self.retry_after,
-            )
-        else:
-            logger.debug("Redis cache %s at %s failed: %s", op, self.location, reason)
-        if not self.available:
-            self._retry_at = time.monotonic() + self.retry_after
 
 
 def _require_extra(*, encrypt: bool) -> None:
@@ -312,13 +321,3 @@ def _require_extra(*, encrypt: bool) -> None:
 def _as_bytes(value: bytes | str) -> bytes:
     # Only a caller's client could decode replies, and __init__ refuses those.
     return value if isinstance(value, bytes) else value.encode()
-
-
-def _redact(url: str) -> str:
-    """The URL without user or password, for logs and reprs."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix://{parts.path}"
-    host = parts.hostname or "localhost"
-    port = parts.port or 6379
-    return f"{parts.scheme}://{host}:{port}{parts.path}"
