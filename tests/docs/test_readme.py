@@ -102,3 +102,14 @@ def test_every_cli_flag_is_documented() -> None:
     ]
     missing = [flag for flag in flags if f"`{flag}`" not in text]
     assert not missing, missing
+
+
+def test_readme_in_page_links_land_on_a_heading() -> None:
+    def slug(heading: str) -> str:
+        text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+        return text.replace(" ", "-")
+
+    outside_code = re.sub(r"```.*?```", "", README, flags=re.S)
+    anchors = {slug(h) for h in re.findall(r"^#+ (.*)$", outside_code, re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", outside_code))
+    assert not links - anchors, f"README links to headings it lacks: {links - anchors}"
