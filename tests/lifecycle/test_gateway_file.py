@@ -1,4 +1,4 @@
-"""``asgi-autoproxy --config gateway.toml``: the README's example file, run for real
+"""``asgi-autoproxy --config gateway.toml``: the docs' example file (docs/cli.md), run for real
 against the fake upstreams; every bad value stopping start-up with one line; flags and
 variables winning over the file; ``check-config``; ``/readyz``; JSON logs."""
 
@@ -31,7 +31,8 @@ from tests.fake_upstream import FakeUpstream
 from tests.processes import REPO_ROOT, free_port, run_server
 from tests.servers import ServerThread
 
-README = (REPO_ROOT / "README.md").read_text()
+# The docs page that shows the example gateway file (docs/cli.md, "The gateway file").
+README = (REPO_ROOT / "docs" / "cli.md").read_text()
 KEYS = {
     "OPENAI_API_KEY": "sk-openai-server-0123456789",
     "AZURE_OPENAI_API_KEY": "azure-server-key-0123456789",
