@@ -90,8 +90,9 @@ class Caller:
         """The presented token; providers without a key of their own forward it. None for
         a temporary credential, which never leaves the proxy."""
         self.presented = credential if presented is None else presented
-        """The token as presented, a temporary credential too: cache entries are bound to
-        it (their encryption key derives from it), never forwarded."""
+        """What cache entries are bound to (their encryption key derives from it): the
+        key as presented, or for a temporary credential a secret its issuer's tokens
+        share (``TemporaryCredentials.entry_secret``); never forwarded."""
         self._authenticated = authenticated
         self._scope: str | None = None
         self.grant = grant
@@ -200,7 +201,9 @@ class CallerAuth:
             # Checked here alone, never by api_keys or authenticate: it runs as its issuer,
             # and its token stays in the proxy (credential None: nothing to forward).
             grant = await self.credentials.check(credential)
-            return Caller(None, authenticated=grant.caller_id, grant=grant, presented=credential)
+            # Every token of one issuer reads the same entries: the issuer's scope.
+            bound = self.credentials.entry_secret(grant.caller_id)
+            return Caller(None, authenticated=grant.caller_id, grant=grant, presented=bound)
         if self.mode != "checked":
             return Caller(credential)
         if credential is None:

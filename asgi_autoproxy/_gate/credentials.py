@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -224,6 +225,12 @@ class TemporaryCredentials:
     @property
     def revocable(self) -> bool:
         return self._denylist is not None
+
+    def entry_secret(self, caller_id: str) -> str:
+        """What binds the cache entries of ``caller_id``'s temporary credentials: one
+        value for all of them (they run in their issuer's cache scope), derived from
+        the server secret, so that a cache dump and the caller id open nothing."""
+        return hmac.new(self._key, b"cache-entries\0" + caller_id.encode(), "sha256").hexdigest()
 
     def issue(self, caller_id: str, *, models: tuple[str, ...] | None, ttl_seconds: int) -> str:
         # Rounded up: a token lasts at least ``ttl_seconds``, never a fraction less.

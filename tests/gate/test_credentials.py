@@ -329,23 +329,29 @@ async def test_a_remembered_cache_plan_does_not_skip_the_model_check(
     assert "x-bt-cached" not in other.headers
 
 
-async def test_a_temporary_credential_has_cache_entries_of_its_own(
+async def test_temporary_credentials_share_their_issuers_entries_among_themselves(
     proxy: AutoProxyMiddleware, upstream: FakeUpstream
 ) -> None:
-    """Entries are bound to the credential presented (issue 16: their encryption key
-    derives from it), so a temporary credential does not read its issuer's key's entries,
-    as a second key of one caller id does not; it reads its own."""
+    """A token runs in its issuer's cache scope: every token of one issuer reads the
+    same entries (bound to a secret derived from the server secret and the issuer id).
+    Entries stay bound to the credential (issue 16), so the issuer's long-lived key,
+    another credential, keeps its own, as a second key of one caller id does."""
     body = chat_body("scope of the issuer", temperature=0)
     alice_token = await issue(proxy)
+    alice_second_token = await issue(proxy)
     bob_token = await issue(proxy, key=BOB_KEY)
+    assert alice_token != alice_second_token
     async with http(proxy) as client:
         by_key = await client.post(CHAT, json=body, headers=bearer(CALLER_KEY))
         by_token = await client.post(CHAT, json=body, headers=bearer(alice_token))
         again = await client.post(CHAT, json=body, headers=bearer(alice_token))
+        by_second = await client.post(CHAT, json=body, headers=bearer(alice_second_token))
         by_bob = await client.post(CHAT, json=body, headers=bearer(bob_token))
     assert by_key.headers["x-bt-cached"] == "MISS"
     assert by_token.headers["x-bt-cached"] == "MISS"
     assert again.headers["x-bt-cached"] == "HIT"
+    assert by_second.headers["x-bt-cached"] == "HIT"  # another token of the same issuer
+    assert by_second.content == by_token.content
     assert by_bob.headers["x-bt-cached"] == "MISS"  # another caller: its own entries
     assert upstream.calls == 3
 
