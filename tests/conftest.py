@@ -14,6 +14,8 @@ from asgi_autoproxy import AutoProxyMiddleware, OpenAIProvider
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_upstream import FakeUpstream
 from tests.fault_upstream import FaultUpstream
+from tests.redis_cluster import RedisCluster, running_cluster
+from tests.redis_server import RedisServer, running_redis
 from tests.servers import ServerThread
 
 SERVER_KEY = "sk-server-secret-0123456789"
@@ -144,3 +146,24 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+# Real Redis for the tests that share state: started once per test module that asks.
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with running_redis() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    with running_cluster() as running:
+        yield running
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """One Redis server, or a cluster's URL (its fixture starts only when asked for)."""
+    if request.param == "redis":
+        return str(request.getfixturevalue("server").url)
+    return str(request.getfixturevalue("cluster").url)

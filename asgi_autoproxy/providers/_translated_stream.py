@@ -88,3 +88,17 @@ def completion_as_stream(
     }
     body = b"data: " + _json.dumps(chunk) + b"\n\n" + DONE_EVENT
     return UpstreamResponse.from_bytes(200, body, [*headers, EVENT_STREAM], called=called)
+
+
+def translated_stream(
+    answer: UpstreamResponse, translator: EventTranslator, max_event_size: int | None
+) -> UpstreamResponse:
+    """An upstream stream as the chat chunks ``translator`` makes of its events."""
+    passed = [(k, v) for k, v in answer.headers if k != "content-type"]
+    return UpstreamResponse(
+        status=200,
+        headers=[*passed, EVENT_STREAM],
+        chunks=translated_events(answer.chunks, translator, max_event_size),
+        aclose=answer.aclose,
+        called=answer.called,
+    )

@@ -10,9 +10,8 @@ import httpx
 from asgi_autoproxy import _json
 from asgi_autoproxy._http.client_types import UpstreamClient
 from asgi_autoproxy.providers._translated_stream import (
-    EVENT_STREAM,
     completion_as_stream,
-    translated_events,
+    translated_stream,
 )
 from asgi_autoproxy.providers.anthropic_request import DEFAULT_MAX_TOKENS, to_messages_request
 from asgi_autoproxy.providers.anthropic_response import (
@@ -81,13 +80,7 @@ class AnthropicProvider(HTTPProvider):
             translator = StreamTranslator(
                 model=request.model, json_tool=translated.json_tool, created=created
             )
-            return UpstreamResponse(
-                status=200,
-                headers=[*passed, EVENT_STREAM],
-                chunks=translated_events(answer.chunks, translator, request.max_event_size),
-                aclose=answer.aclose,
-                called=answer.called,
-            )
+            return translated_stream(answer, translator, request.max_event_size)
         try:
             raw = await answer.read(request.max_response_size)
         finally:

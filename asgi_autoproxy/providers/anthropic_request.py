@@ -24,6 +24,7 @@ from typing import Any
 
 from asgi_autoproxy import _json
 from asgi_autoproxy.errors import ProxyError, bad_request
+from asgi_autoproxy.providers._chat_tools import function_tools
 
 DEFAULT_MAX_TOKENS = 4096
 JSON_TOOL_NAME = "json_response"
@@ -472,20 +473,8 @@ def _stop_sequences(stop: Any) -> list[str]:
 
 
 def _tools(tools: Any) -> list[Block]:
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise bad_request("Field 'tools' must be a list.", param="tools")
     converted: list[Block] = []
-    for index, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or tool.get("type") != "function":
-            raise bad_request(
-                "Only function tools can be sent to Anthropic models.", param=f"tools[{index}]"
-            )
-        name = function.get("name")
-        if not isinstance(name, str) or not name:
-            raise bad_request("A function tool needs a 'name'.", param=f"tools[{index}]")
+    for name, function in function_tools(tools, "Anthropic models"):
         schema = function.get("parameters") or {"type": "object", "properties": {}}
         entry: Block = {"name": name, "input_schema": schema}
         if function.get("description"):

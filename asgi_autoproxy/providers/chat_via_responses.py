@@ -15,9 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from asgi_autoproxy import _json
 from asgi_autoproxy.errors import error_dict
 from asgi_autoproxy.providers._translated_stream import (
-    EVENT_STREAM,
     completion_as_stream,
-    translated_events,
+    translated_stream,
 )
 from asgi_autoproxy.providers.base import Endpoint, UpstreamRequest, UpstreamResponse
 from asgi_autoproxy.providers.responses_request import to_responses_request
@@ -60,13 +59,7 @@ async def send(
         translator = StreamTranslator(
             model=request.model, created=created, include_usage=translated.include_usage
         )
-        return UpstreamResponse(
-            status=200,
-            headers=[*passed, EVENT_STREAM],
-            chunks=translated_events(answer.chunks, translator, request.max_event_size),
-            aclose=answer.aclose,
-            called=answer.called,
-        )
+        return translated_stream(answer, translator, request.max_event_size)
     try:
         raw = await answer.read(request.max_response_size)
     finally:

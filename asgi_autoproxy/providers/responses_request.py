@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgi_autoproxy.errors import ProxyError, bad_request
+from asgi_autoproxy.providers._chat_tools import function_tools
 
 Item = dict[str, Any]
 
@@ -368,21 +369,8 @@ def _format_error(message: str) -> ProxyError:
 
 
 def _tools(tools: Any) -> list[Item]:
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise bad_request("Field 'tools' must be a list.", param="tools")
     converted: list[Item] = []
-    for index, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or tool.get("type") != "function":
-            raise bad_request(
-                "Only function tools can be sent to a model served only by the Responses API.",
-                param=f"tools[{index}]",
-            )
-        name = function.get("name")
-        if not isinstance(name, str) or not name:
-            raise bad_request("A function tool needs a 'name'.", param=f"tools[{index}]")
+    for name, function in function_tools(tools, "a model served only by the Responses API"):
         # Chat functions are lax unless asked; Responses ones are strict unless told.
         entry: Item = {
             "type": "function",

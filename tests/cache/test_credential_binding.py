@@ -23,7 +23,7 @@ from asgi_autoproxy._cache.keys import SHARED_CALLER, entry_key
 from asgi_autoproxy._gate.auth import ANONYMOUS_CALLER, caller_identity
 from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
-from tests.redis_server import RedisServer, running_redis
+from tests.redis_server import RedisServer
 
 OTHER_KEY = "sk-other-caller-key-778899"
 THIRD_KEY = "sk-third-key-of-team-bob-445566"
@@ -31,12 +31,6 @@ API_KEYS = {CALLER_KEY: "alice", OTHER_KEY: "bob", THIRD_KEY: "bob"}
 pytestmark = pytest.mark.anyio
 
 PROMPTS = ["the Zanzibar question", "what is 6 x 7", "a private matter"]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with running_redis() as running:
-        yield running
 
 
 def _dump(server: RedisServer, prefix: str) -> dict[bytes, bytes]:

@@ -24,16 +24,10 @@ from asgi_autoproxy import AutoProxyMiddleware, CacheOptions, RedisCache
 from asgi_autoproxy._shared.redis_link import RedisLink
 from tests.conftest import CALLER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
-from tests.redis_cluster import RedisCluster, running_cluster
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import RedisServer, find_binary, free_port, running_redis
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    with running_cluster() as running:
-        yield running
 
 
 @pytest.fixture

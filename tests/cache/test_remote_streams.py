@@ -5,7 +5,6 @@ failure makes followers go alone, never fail."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -19,12 +18,6 @@ from tests.fake_upstream import FakeUpstream
 from tests.redis_server import RedisServer, running_redis
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with running_redis() as running:
-        yield running
 
 
 def pair(make_proxy: MakeProxy, server: RedisServer, prefix: str) -> list[AutoProxyMiddleware]:

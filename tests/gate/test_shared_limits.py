@@ -5,7 +5,6 @@ back to per-process books and fails no request."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +25,6 @@ from asgi_autoproxy._routing.pricing import Price
 from asgi_autoproxy._shared.redis_link import Unavailable
 from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
-from tests.redis_cluster import RedisCluster, running_cluster
 from tests.redis_server import RedisServer, running_redis
 
 pytestmark = pytest.mark.anyio
@@ -36,26 +34,6 @@ THIRD_KEY = "sk-third-caller-key-112233"
 KEYS = {CALLER_KEY: "alice", OTHER_KEY: "bob", THIRD_KEY: "carol"}
 # $0.1 per token both ways: the fake upstream's answers (5 in, 3 out) cost $0.80 each.
 PRICE = Price(input=100_000, output=100_000)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with running_redis() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    with running_cluster() as running:
-        yield running
-
-
-@pytest.fixture(params=["redis", "cluster"])
-def redis_url(request: pytest.FixtureRequest) -> str:
-    """One Redis server, or a cluster's URL (its fixture starts only when asked for)."""
-    if request.param == "redis":
-        return str(request.getfixturevalue("server").url)
-    return str(request.getfixturevalue("cluster").url)
 
 
 @pytest.fixture

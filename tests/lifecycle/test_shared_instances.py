@@ -23,7 +23,6 @@ import pytest
 from tests.conftest import CALLER_KEY, chat_body
 from tests.fake_upstream import FakeUpstream
 from tests.processes import REPO_ROOT
-from tests.redis_cluster import RedisCluster, running_cluster
 from tests.redis_server import RedisServer, free_port, running_redis
 from tests.servers import ServerThread, serve_fleet
 
@@ -83,25 +82,6 @@ def post(url: str, key: str = CALLER_KEY, **body: object) -> httpx.Response:
         headers={"authorization": f"Bearer {key}"},
         timeout=15,
     )
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with running_redis() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    with running_cluster() as running:
-        yield running
-
-
-@pytest.fixture(params=["redis", "cluster"])
-def redis_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("server").url)
-    return str(request.getfixturevalue("cluster").url)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from asgi_autoproxy._shared.redis_link import Unavailable
 from asgi_autoproxy._upstream.shared_health import DEFAULT_REFRESH, SharedHealth
 from tests.conftest import CALLER_KEY, SERVER_KEY, MakeProxy, chat_body
 from tests.fake_upstream import FakeUpstream
-from tests.redis_cluster import RedisCluster, running_cluster
 from tests.redis_server import RedisServer, running_redis
 from tests.servers import ServerThread, serve_fleet
 
@@ -36,25 +35,6 @@ def fleet(_fleet: list[tuple[FakeUpstream, ServerThread]]) -> list[FakeUpstream]
         fake.reset()
     _fleet[0][0].overrides = {"status": 503}  # "flaky" fails every request
     return [fake for fake, _ in _fleet]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    with running_redis() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    with running_cluster() as running:
-        yield running
-
-
-@pytest.fixture(params=["redis", "cluster"])
-def redis_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "redis":
-        return str(request.getfixturevalue("server").url)
-    return str(request.getfixturevalue("cluster").url)
 
 
 def instances(
