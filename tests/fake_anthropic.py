@@ -18,12 +18,10 @@ answer by setting ``scenario``:
 from __future__ import annotations
 
 import json
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from tests.fake_upstream import RecordedRequest
-from tests.servers import read_request
+from tests.fake_upstream import RecordingFake
 
 MESSAGE_ID = "msg_01XFDUDYJgAACzvnptvVoYEL"
 THOUGHTS = ["Paris is ", "in France."]
@@ -40,31 +38,11 @@ _ERRORS = {
 
 
 @dataclass
-class FakeAnthropic:
-    requests: list[RecordedRequest] = field(default_factory=list)
-    scenario: str = "text"
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def reset(self) -> None:
-        with self._lock:
-            self.requests.clear()
-            self.scenario = "text"
-
+class FakeAnthropic(RecordingFake):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body, header_list = await read_request(scope, receive)
-        with self._lock:
-            self.requests.append(
-                RecordedRequest(
-                    method=scope["method"],
-                    path=scope["path"],
-                    query=scope["query_string"].decode(),
-                    headers=dict(header_list),
-                    header_list=header_list,
-                    body=body,
-                )
-            )
+        body = await self.record(scope, receive)
         payload = json.loads(body)
         scenario = self.scenario
         headers = [("request-id", "req_011CS"), ("anthropic-ratelimit-requests-remaining", "49")]

@@ -20,12 +20,10 @@ A test picks the answer by setting ``scenario``:
 from __future__ import annotations
 
 import json
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from tests.fake_upstream import RecordedRequest
-from tests.servers import read_request
+from tests.fake_upstream import RecordingFake
 
 RESPONSE_ID = "resp_68af4030592c81938ec0a5fbab4a3e9f"
 CREATED_AT = 1_756_315_696
@@ -50,31 +48,11 @@ _ERRORS = {
 
 
 @dataclass
-class FakeResponses:
-    requests: list[RecordedRequest] = field(default_factory=list)
-    scenario: str = "text"
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def reset(self) -> None:
-        with self._lock:
-            self.requests.clear()
-            self.scenario = "text"
-
+class FakeResponses(RecordingFake):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body, header_list = await read_request(scope, receive)
-        with self._lock:
-            self.requests.append(
-                RecordedRequest(
-                    method=scope["method"],
-                    path=scope["path"],
-                    query=scope["query_string"].decode(),
-                    headers=dict(header_list),
-                    header_list=header_list,
-                    body=body,
-                )
-            )
+        body = await self.record(scope, receive)
         headers = [("x-request-id", "req_fake_responses"), ("openai-processing-ms", "812")]
         if not scope["path"].endswith("/responses"):
             await _send(send, 404, b'{"error": "not found"}', "application/json", headers)

@@ -56,6 +56,36 @@ class RecordedRequest:
 
 
 @dataclass
+class RecordingFake:
+    """A fake upstream that records each request it gets and answers by ``scenario``."""
+
+    requests: list[RecordedRequest] = field(default_factory=list)
+    scenario: str = "text"
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.scenario = "text"
+
+    async def record(self, scope: Any, receive: Any) -> bytes:
+        """Reads the request, keeps it in ``requests`` and returns its body."""
+        body, header_list = await read_request(scope, receive)
+        with self._lock:
+            self.requests.append(
+                RecordedRequest(
+                    method=scope["method"],
+                    path=scope["path"],
+                    query=scope["query_string"].decode(),
+                    headers=dict(header_list),
+                    header_list=header_list,
+                    body=body,
+                )
+            )
+        return body
+
+
+@dataclass
 class FakeUpstream:
     requests: list[RecordedRequest] = field(default_factory=list)
     disconnects: int = 0
