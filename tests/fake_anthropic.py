@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tests.fake_upstream import RecordingFake
+from tests.fake_upstream import RecordingFake, send_named_events, send_whole
 
 MESSAGE_ID = "msg_01XFDUDYJgAACzvnptvVoYEL"
 THOUGHTS = ["Paris is ", "in France."]
@@ -49,26 +49,16 @@ class FakeAnthropic(RecordingFake):
         if scenario in _ERRORS:
             status, kind, text = _ERRORS[scenario]
             error = {"type": "error", "error": {"type": kind, "message": text}}
-            await _send(send, status, json.dumps(error).encode(), "application/json", headers)
+            await send_whole(send, status, json.dumps(error).encode(), "application/json", headers)
             return
         if scenario == "html":
-            await _send(send, 500, b"<html>oops</html>", "text/html", headers)
+            await send_whole(send, 500, b"<html>oops</html>", "text/html", headers)
             return
         if not payload.get("stream"):
             answer = json.dumps(_message(payload, scenario)).encode()
-            await _send(send, 200, answer, "application/json", headers)
+            await send_whole(send, 200, answer, "application/json", headers)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": _encode([("content-type", "text/event-stream"), *headers]),
-            }
-        )
-        for event in _events(payload, scenario):
-            data = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send_named_events(send, _events(payload, scenario), headers)
 
 
 def _usage(scenario: str) -> dict[str, Any]:
@@ -193,15 +183,3 @@ def _events(payload: dict[str, Any], scenario: str) -> list[dict[str, Any]]:
     )
     events.append({"type": "message_stop"})
     return events
-
-
-def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode(), v.encode()) for k, v in headers]
-
-
-async def _send(
-    send: Any, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]]
-) -> None:
-    all_headers = [("content-type", content_type), ("content-length", str(len(body))), *headers]
-    await send({"type": "http.response.start", "status": status, "headers": _encode(all_headers)})
-    await send({"type": "http.response.body", "body": body})

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tests.fake_upstream import RecordingFake
+from tests.fake_upstream import RecordingFake, send_named_events, send_whole
 
 RESPONSE_ID = "resp_68af4030592c81938ec0a5fbab4a3e9f"
 CREATED_AT = 1_756_315_696
@@ -55,30 +55,20 @@ class FakeResponses(RecordingFake):
         body = await self.record(scope, receive)
         headers = [("x-request-id", "req_fake_responses"), ("openai-processing-ms", "812")]
         if not scope["path"].endswith("/responses"):
-            await _send(send, 404, b'{"error": "not found"}', "application/json", headers)
+            await send_whole(send, 404, b'{"error": "not found"}', "application/json", headers)
             return
         payload = json.loads(body)
         scenario = self.scenario
         if scenario in _ERRORS:
             status, kind, message, code = _ERRORS[scenario]
             error = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-            await _send(send, status, json.dumps(error).encode(), "application/json", headers)
+            await send_whole(send, status, json.dumps(error).encode(), "application/json", headers)
             return
         if not payload.get("stream") or scenario == "whole_always":
             answer = json.dumps(whole_response(payload, scenario)).encode()
-            await _send(send, 200, answer, "application/json", headers)
+            await send_whole(send, 200, answer, "application/json", headers)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": _encode([("content-type", "text/event-stream"), *headers]),
-            }
-        )
-        for event in stream_events(payload, scenario):
-            data = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send_named_events(send, stream_events(payload, scenario), headers)
 
 
 def _reasoning() -> dict[str, Any]:
@@ -252,15 +242,3 @@ def _text_events(emit: Any, scenario: str) -> None:
     emit("response.content_part.done", **where, part=done_part)
     text = "".join(TEXT_PIECES[:2]) if scenario == "incomplete" else TEXT
     emit("response.output_item.done", output_index=1, item=_message_item(scenario, text))
-
-
-def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode(), v.encode()) for k, v in headers]
-
-
-async def _send(
-    send: Any, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]]
-) -> None:
-    all_headers = [("content-type", content_type), ("content-length", str(len(body))), *headers]
-    await send({"type": "http.response.start", "status": status, "headers": _encode(all_headers)})
-    await send({"type": "http.response.body", "body": body})

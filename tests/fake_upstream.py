@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,18 @@ class RecordedRequest:
     @property
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+async def send_named_events(
+    send: Any, events: Iterable[dict[str, Any]], headers: list[tuple[str, str]]
+) -> None:
+    """A 200 stream of ``event: {type}`` events, as the Responses and Anthropic APIs send."""
+    sse = [("content-type", "text/event-stream"), *headers]
+    await send({"type": "http.response.start", "status": 200, "headers": encode_headers(sse)})
+    for event in events:
+        data = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 @dataclass
@@ -170,7 +183,7 @@ class FakeUpstream:
         ]
         status = fake.get("status", 200)
         if "body" in fake:
-            await _send_raw(send, status, fake["body"].encode(), "text/plain", headers)
+            await send_whole(send, status, fake["body"].encode(), "text/plain", headers)
             return
         if status != 200:
             message = f"upstream says {status}"
@@ -206,7 +219,7 @@ class FakeUpstream:
         elif path.endswith("/moderations"):
             await _send_json(send, 200, routes.moderations(payload, number), headers)
         elif payload.get("stream") is True:
-            await routes.send_response_stream(send, payload, number, fake, _encode(headers))
+            await routes.send_response_stream(send, payload, number, fake, encode_headers(headers))
             with self._lock:
                 self.completed_streams += 1
         else:
@@ -243,7 +256,7 @@ class FakeUpstream:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": _encode([("content-type", "text/event-stream"), *headers]),
+                "headers": encode_headers([("content-type", "text/event-stream"), *headers]),
             }
         )
         try:
@@ -384,7 +397,7 @@ def _chunk(
     return {**base, "object": "text_completion", "choices": [choice]}
 
 
-def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+def encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.encode(), str(v).encode()) for k, v in headers]
 
 
@@ -396,12 +409,14 @@ async def _send_event(send: Any, data: dict[str, Any]) -> None:
 async def _send_json(
     send: Any, status: int, data: Any, headers: list[tuple[str, str]] = ()
 ) -> None:  # type: ignore[assignment]
-    await _send_raw(send, status, json.dumps(data).encode(), "application/json", list(headers))
+    await send_whole(send, status, json.dumps(data).encode(), "application/json", list(headers))
 
 
-async def _send_raw(
+async def send_whole(
     send: Any, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]]
 ) -> None:
     all_headers = [("content-type", content_type), ("content-length", str(len(body))), *headers]
-    await send({"type": "http.response.start", "status": status, "headers": _encode(all_headers)})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": encode_headers(all_headers)}
+    )
     await send({"type": "http.response.body", "body": body})

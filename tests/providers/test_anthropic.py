@@ -26,6 +26,7 @@ from asgi_autoproxy.errors import ProxyError
 from asgi_autoproxy.providers.anthropic_request import JSON_TOOL_NAME, to_messages_request
 from tests.conftest import CALLER_KEY, SERVER_KEY, inner_app
 from tests.fake_anthropic import MESSAGE_ID, TOOL_CALLS, FakeAnthropic, _events, _message
+from tests.sdk_types import materialize
 from tests.servers import ServerThread, serve_fleet
 
 pytestmark = pytest.mark.anyio
@@ -44,20 +45,11 @@ _WHOLE = pydantic.TypeAdapter(MessageCreateParamsNonStreaming)
 _EVENT = pydantic.TypeAdapter(RawMessageStreamEvent)
 
 
-def _materialize(value: Any) -> Any:
-    """Validated TypedDicts hold lazy iterators for Iterable fields; walking them validates."""
-    if isinstance(value, dict):
-        return {k: _materialize(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ValidatorIterator":
-        return [_materialize(v) for v in value]
-    return value
-
-
 def assert_valid_anthropic_request(body: dict[str, Any]) -> None:
     """Valid per the SDK's types, with nothing the types do not know (they drop extras)."""
     checked = {k: v for k, v in body.items() if k not in SAMPLING_FIELDS}
     adapter = _STREAMING if body.get("stream") else _WHOLE
-    assert _materialize(adapter.validate_python(checked)) == checked
+    assert materialize(adapter.validate_python(checked)) == checked
 
 
 def chat(content: Any = "Hi", **extra: Any) -> dict[str, Any]:

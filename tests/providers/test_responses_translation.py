@@ -27,6 +27,7 @@ from asgi_autoproxy.providers.responses_response import (
     failure,
     finish_reason,
 )
+from tests.sdk_types import materialize
 
 MODEL = "o3-pro"
 PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
@@ -35,19 +36,10 @@ _STREAMING = pydantic.TypeAdapter(ResponseCreateParamsStreaming)
 _WHOLE = pydantic.TypeAdapter(ResponseCreateParamsNonStreaming)
 
 
-def _materialize(value: Any) -> Any:
-    """Validated TypedDicts hold lazy iterators for Iterable fields; walking them validates."""
-    if isinstance(value, dict):
-        return {k: _materialize(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ValidatorIterator":
-        return [_materialize(v) for v in value]
-    return value
-
-
 def assert_valid_responses_request(body: dict[str, Any]) -> None:
     """Valid per the SDK's types, with nothing the types do not know (they drop extras)."""
     adapter = _STREAMING if body.get("stream") else _WHOLE
-    assert _materialize(adapter.validate_python(body)) == body
+    assert materialize(adapter.validate_python(body)) == body
 
 
 def chat(content: Any = "Hi", **extra: Any) -> dict[str, Any]:
